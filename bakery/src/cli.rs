@@ -1,0 +1,301 @@
+//! Command-line interface: argument parsing and dispatch. Every command validates its
+//! arguments into a request type before any I/O happens.
+
+use std::ffi::OsString;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use release_index::extension_release::OsTarget;
+use release_index::Arch;
+use serde::Serialize;
+
+use crate::create::{create, CreateRequest};
+use crate::fetch::{FetchOptions, Mirror};
+use crate::image::{BlockSize, Compression, ImageOptions};
+use crate::inspect::inspect;
+use crate::recipe::Recipes;
+
+/// Build reproducible systemd-sysext images for Kubernetes nodes.
+///
+/// bakery downloads upstream release binaries, verifies them against their published
+/// checksums while downloading, lays them out with their systemd units, and writes a
+/// squashfs system extension that systemd-sysext merges on Flatcar, Ubuntu and other
+/// systemd distributions.
+#[derive(Debug, Parser)]
+#[command(name = "bakery", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Create(CreateArgs),
+    List(ListArgs),
+    Inspect(InspectArgs),
+}
+
+/// Build an extension image from upstream release binaries.
+///
+/// Writes <EXTENSION>-<VERSION>-<ARCH>.raw into the output directory, e.g.
+/// `bakery create kubernetes v1.31.3 --arch x86-64` writes kubernetes-v1.31.3-x86-64.raw.
+/// Two builds of the same inputs are bit-identical; timestamps come from SOURCE_DATE_EPOCH
+/// (default 0).
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// Extension to build (see `bakery list`).
+    extension: String,
+    /// Upstream version in upstream's tag form, e.g. v1.31.3 (kubernetes), 2.0.4 (containerd).
+    version: String,
+    /// Target architecture, as systemd names it: x86-64 or arm64.
+    #[arg(long, value_name = "ARCH")]
+    arch: Arch,
+    /// Directory to write the image into (created if missing).
+    #[arg(long, short, value_name = "DIR", default_value = ".")]
+    output: PathBuf,
+    /// Compression of data and metadata blocks: zstd, xz, gzip or lz4.
+    #[arg(long, value_name = "ALGORITHM", default_value_t = Compression::default())]
+    compression: Compression,
+    /// Compression level (default depends on the algorithm).
+    #[arg(long, value_name = "N")]
+    level: Option<i32>,
+    /// squashfs block size: a power of two from 4K to 1M.
+    #[arg(long, value_name = "SIZE", default_value_t = BlockSize::default())]
+    block_size: BlockSize,
+    /// Host OS the image declares itself for: _any, flatcar, ID:VERSION_ID (e.g.
+    /// ubuntu:24.04) or ID@SYSEXT_LEVEL. systemd skips images that do not match, silently.
+    #[arg(long, value_name = "OS", default_value = "_any")]
+    os: OsTarget,
+    /// Fetch every upstream file from this base URL instead (http(s):// or file:///): the
+    /// upstream host is replaced and the path kept, for air-gapped sites.
+    #[arg(long, value_name = "URL", env = "BAKERY_MIRROR")]
+    mirror: Option<String>,
+    /// Download cache [default: $XDG_CACHE_HOME/bakery or ~/.cache/bakery].
+    #[arg(long, value_name = "DIR", env = "BAKERY_CACHE")]
+    cache: Option<PathBuf>,
+    /// Read recipes from this directory instead of the built-in ones.
+    #[arg(long, value_name = "DIR", env = "BAKERY_RECIPES")]
+    recipes: Option<PathBuf>,
+    /// Retries after a connection error or an HTTP 408, 429 or 5xx answer.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    retries: u32,
+    /// Compression threads [default: all CPUs].
+    #[arg(long, short, value_name = "N")]
+    jobs: Option<NonZeroUsize>,
+    /// Replace an existing image of the same name.
+    #[arg(long)]
+    force: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// List the recipes and the architectures they build.
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Read recipes from this directory instead of the built-in ones.
+    #[arg(long, value_name = "DIR", env = "BAKERY_RECIPES")]
+    recipes: Option<PathBuf>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Show an image's extension-release, inputs, files with modes and sizes, and digest.
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// Image file.
+    image: PathBuf,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn load_recipes(dir: Option<&PathBuf>) -> Result<Recipes> {
+    Ok(match dir {
+        Some(d) => Recipes::from_dir(d)?,
+        None => Recipes::embedded()?,
+    })
+}
+
+fn default_cache() -> Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("bakery"));
+    }
+    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or_else(|| anyhow!("neither XDG_CACHE_HOME nor HOME is set; pass --cache DIR"))?;
+    Ok(PathBuf::from(home).join(".cache/bakery"))
+}
+
+/// `SOURCE_DATE_EPOCH` (reproducible-builds.org), default 0.
+fn source_date_epoch() -> Result<u32> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH='{v}': expected seconds since 1970 that fit squashfs's 32-bit timestamps")),
+        _ => Ok(0),
+    }
+}
+
+impl CreateArgs {
+    fn into_request(self) -> Result<(CreateRequest, bool)> {
+        let recipes = load_recipes(self.recipes.as_ref())?;
+        let recipe = recipes.get(&self.extension)?.clone();
+        let version = recipe.parse_version(&self.version)?;
+        recipe.upstream_arch(self.arch)?;
+        let mirror = match &self.mirror {
+            Some(m) => Mirror::parse(m)?,
+            None => Mirror::Upstream,
+        };
+        let cache_dir = match self.cache {
+            Some(c) => c,
+            None => default_cache()?,
+        };
+        let mut image = ImageOptions {
+            compression: self.compression,
+            level: self.level,
+            block_size: self.block_size,
+            mtime: source_date_epoch()?,
+            ..ImageOptions::default()
+        };
+        if let Some(j) = self.jobs {
+            image.threads = j;
+        }
+        let req = CreateRequest {
+            recipe,
+            version,
+            arch: self.arch,
+            os: self.os,
+            image,
+            output_dir: self.output,
+            force: self.force,
+            fetch: FetchOptions { mirror, cache_dir, retries: self.retries, backoff: Duration::from_millis(500) },
+        };
+        Ok((req, self.json))
+    }
+}
+
+#[derive(Serialize)]
+struct RecipeListing<'a> {
+    name: &'a str,
+    description: &'a str,
+    example_version: &'a str,
+    arches: Vec<String>,
+    artifacts: Vec<&'a str>,
+}
+
+fn print_json(value: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Create(args) => {
+            let (req, json) = args.into_request()?;
+            let created = create(&req).with_context(|| format!("building {}", req.image_name()))?;
+            if json {
+                print_json(&created)?;
+            } else {
+                eprintln!(
+                    "built {} ({:.1} MiB, {} inodes), sha256 {}",
+                    created.file,
+                    created.size as f64 / (1024.0 * 1024.0),
+                    created.summary.inodes,
+                    created.sha256
+                );
+                println!("{}", created.path.display());
+            }
+        }
+        Command::List(args) => {
+            let recipes = load_recipes(args.recipes.as_ref())?;
+            let listing: Vec<RecipeListing<'_>> = recipes
+                .iter()
+                .map(|r| RecipeListing {
+                    name: r.name.as_str(),
+                    description: &r.description,
+                    example_version: &r.version.example,
+                    arches: r.arch.keys().map(ToString::to_string).collect(),
+                    artifacts: r.artifacts.iter().map(|a| a.name.as_str()).collect(),
+                })
+                .collect();
+            if args.json {
+                print_json(&listing)?;
+            } else {
+                for r in &listing {
+                    println!("{:<12} {:<14} {:<14} {}", r.name, r.arches.join(","), r.example_version, r.description);
+                }
+            }
+        }
+        Command::Inspect(args) => {
+            let report = inspect(&args.image).with_context(|| format!("inspecting {}", args.image.display()))?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                print!("{}", report.render());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses `args` (including the program name), runs the command, prints any error with its
+/// full context chain, and returns the process exit code.
+pub fn main_from_iter<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_every_command() {
+        let cli = Cli::try_parse_from(["bakery", "create", "kubernetes", "v1.31.3", "--arch", "x86-64"]).unwrap();
+        assert!(matches!(cli.command, Command::Create(ref a) if a.arch == Arch::X86_64 && a.os == OsTarget::Any));
+        let cli = Cli::try_parse_from([
+            "bakery", "create", "containerd", "2.0.4", "--arch", "arm64", "--compression", "xz", "--block-size", "128K",
+            "--os", "ubuntu:24.04", "--mirror", "http://m", "--cache", "/c", "--output", "/o", "--json",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Create(ref a) if a.compression == Compression::Xz && a.json));
+        assert!(matches!(Cli::try_parse_from(["bakery", "list", "--json"]).unwrap().command, Command::List(_)));
+        assert!(matches!(Cli::try_parse_from(["bakery", "inspect", "x.raw"]).unwrap().command, Command::Inspect(_)));
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_parse_time() {
+        let err = Cli::try_parse_from(["bakery", "create", "kubernetes", "v1.31.3", "--arch", "amd64"]).unwrap_err().to_string();
+        assert!(err.contains("did you mean x86-64?"), "{err}");
+        assert!(Cli::try_parse_from(["bakery", "create", "kubernetes", "v1.31.3"]).is_err(), "--arch is required");
+        assert!(Cli::try_parse_from(["bakery", "create", "k", "v1", "--arch", "arm64", "--os", "ubuntu"]).is_err());
+        assert!(Cli::try_parse_from(["bakery", "create", "k", "v1", "--arch", "arm64", "--block-size", "3000"]).is_err());
+    }
+}

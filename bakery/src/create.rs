@@ -1,0 +1,153 @@
+//! `bakery create`: fetch, stage, lint, write, verify, rename.
+//!
+//! Nothing appears in the output directory until the image has been written completely,
+//! read back by an independent reader and found to carry the expected extension-release;
+//! any failure before that leaves the directory exactly as it was.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use anyhow::{bail, ensure, Context, Result};
+use release_index::extension_release::{ExtensionRelease, OsTarget};
+use release_index::{Arch, ImageName, Version};
+use serde::Serialize;
+use signing::Sha256Digest;
+
+use crate::fetch::{FetchOptions, Fetcher};
+use crate::image::{write_image, ImageOptions, ImageSummary};
+use crate::inspect::inspect;
+use crate::lint::{lint, LintError};
+use crate::recipe::Recipe;
+use crate::resolve::{resolve, InputsLock};
+use crate::stage::{finish, ships_units, stage};
+
+/// A validated build request.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// The recipe.
+    pub recipe: Recipe,
+    /// Upstream version.
+    pub version: Version,
+    /// Target architecture.
+    pub arch: Arch,
+    /// Which host OS the image declares compatibility with.
+    pub os: OsTarget,
+    /// Image format options.
+    pub image: ImageOptions,
+    /// Output directory.
+    pub output_dir: PathBuf,
+    /// Replace an existing image of the same name.
+    pub force: bool,
+    /// Download settings.
+    pub fetch: FetchOptions,
+}
+
+/// The result of a build.
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    /// Image path.
+    pub path: PathBuf,
+    /// Image file name.
+    pub file: String,
+    /// sha256 of the image.
+    pub sha256: Sha256Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// Extension name.
+    pub extension: String,
+    /// Version.
+    pub version: Version,
+    /// Architecture.
+    pub arch: Arch,
+    /// The extension-release fields written.
+    pub extension_release: ExtensionRelease,
+    /// Upstream inputs.
+    pub inputs: InputsLock,
+    /// Writer statistics.
+    #[serde(skip)]
+    pub summary: ImageSummary,
+}
+
+impl CreateRequest {
+    /// The image file name this request produces.
+    pub fn image_name(&self) -> ImageName {
+        ImageName::new(self.recipe.name.clone(), self.version.clone(), self.arch)
+    }
+
+    fn output_path(&self) -> PathBuf {
+        self.output_dir.join(self.image_name().to_string())
+    }
+}
+
+/// Builds the image described by `req`.
+pub fn create(req: &CreateRequest) -> Result<Created> {
+    let name = req.image_name();
+    let dest = req.output_path();
+    // Fail before downloading anything if the result could not be stored anyway.
+    if dest.exists() && !req.force {
+        bail!("{} already exists; pass --force to replace it", dest.display());
+    }
+
+    let fetcher = Fetcher::new(req.fetch.clone())?;
+    let (fetched, lock) = resolve(&req.recipe, &req.version, req.arch, &fetcher)?;
+
+    let scratch_parent = req.fetch.cache_dir.join("tmp");
+    fs_err::create_dir_all(&scratch_parent)?;
+    let scratch = tempfile::tempdir_in(&scratch_parent).with_context(|| format!("creating a scratch directory in {}", scratch_parent.display()))?;
+    let mut tree = stage(&req.recipe, &fetched, scratch.path())?;
+    let release = ExtensionRelease::for_image(&req.recipe.name, &req.version, req.arch, &req.os, ships_units(&tree));
+    finish(&mut tree, &req.recipe, &release, &lock)?;
+
+    let violations = lint(&tree, req.arch).context("checking the staged files")?;
+    if !violations.is_empty() {
+        return Err(LintError(violations).into());
+    }
+
+    fs_err::create_dir_all(&req.output_dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(&req.output_dir)
+        .with_context(|| format!("creating a temporary file in {}", req.output_dir.display()))?;
+    let summary = write_image(&tree, &req.image, tmp.as_file_mut()).with_context(|| format!("writing {name}"))?;
+    tmp.as_file_mut().flush()?;
+    tmp.as_file().sync_all().with_context(|| format!("syncing {}", tmp.path().display()))?;
+
+    // Read the image back the way a consumer would before it gets its real name.
+    let check = inspect(tmp.path()).with_context(|| format!("verifying the written image {name}"))?;
+    let found = check.extension_release.get(req.recipe.name.as_str());
+    ensure!(
+        found == Some(&release),
+        "verifying the written image {name}: extension-release.{} reads back as {found:?}",
+        req.recipe.name
+    );
+    let expected_entries = tree.walk().len();
+    ensure!(
+        check.entries.len() == expected_entries,
+        "verifying the written image {name}: {} entries read back, {expected_entries} staged",
+        check.entries.len()
+    );
+
+    fs_err::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
+    if req.force {
+        tmp.persist(&dest).map_err(|e| e.error).with_context(|| format!("renaming into {}", dest.display()))?;
+    } else {
+        tmp.persist_noclobber(&dest).map_err(|e| e.error).with_context(|| format!("renaming into {}", dest.display()))?;
+    }
+    // The rename is only durable once the directory entry is.
+    fs_err::File::open(&req.output_dir)?.sync_all()?;
+
+    Ok(Created {
+        path: dest,
+        file: name.to_string(),
+        sha256: check.sha256,
+        size: check.size,
+        extension: req.recipe.name.to_string(),
+        version: req.version.clone(),
+        arch: req.arch,
+        extension_release: release,
+        inputs: lock,
+        summary,
+    })
+}

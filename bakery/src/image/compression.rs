@@ -1,0 +1,237 @@
+//! One compressor context per thread, producing exactly the stream formats the kernel's
+//! squashfs decompressors expect.
+
+use std::io;
+
+use super::options::{BlockSize, Compression};
+
+/// A compressor with reusable state: each worker thread owns one, so contexts (zstd's tables,
+/// zlib's window) are allocated once per thread rather than once per block.
+pub(crate) struct Codec {
+    compression: Compression,
+    kind: Kind,
+}
+
+enum Kind {
+    /// One-shot frames: zstd sees the whole block, so it records the content size and caps the
+    /// window at the block size, which is what the kernel's decompressor is sized for.
+    Zstd(zstd::bulk::Compressor<'static>),
+    /// A fresh `.xz` stream per block (CRC32 check, LZMA2 with dict = block size): the kernel
+    /// preallocates a dictionary of the block size and rejects streams asking for more.
+    Xz(liblzma::stream::Filters),
+    /// zlib streams, as squashfs-tools' `compress2` makes them.
+    Gzip(flate2::Compress),
+    /// Raw LZ4 blocks (no frame), what the kernel's `LZ4_decompress_safe` reads.
+    Lz4,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.kind {
+            Kind::Zstd(_) => "zstd",
+            Kind::Xz(_) => "xz",
+            Kind::Gzip(_) => "gzip",
+            Kind::Lz4 => "lz4",
+        };
+        f.debug_struct("Codec").field("kind", &name).finish()
+    }
+}
+
+impl Codec {
+    /// A context for `compression` at an already validated `level`.
+    pub(crate) fn new(compression: Compression, level: i32, block_size: BlockSize) -> io::Result<Self> {
+        let kind = match compression {
+            Compression::Zstd => Kind::Zstd(zstd::bulk::Compressor::new(level)?),
+            Compression::Xz => {
+                let preset = u32::try_from(level).map_err(|_| io::Error::other("negative xz preset"))?;
+                let mut lzma = liblzma::stream::LzmaOptions::new_preset(preset).map_err(io::Error::other)?;
+                lzma.dict_size(block_size.get());
+                let mut filters = liblzma::stream::Filters::new();
+                filters.lzma2(&lzma);
+                Kind::Xz(filters)
+            }
+            Compression::Gzip => {
+                let level = u32::try_from(level).map_err(|_| io::Error::other("negative gzip level"))?;
+                Kind::Gzip(flate2::Compress::new(flate2::Compression::new(level), true))
+            }
+            Compression::Lz4 => Kind::Lz4,
+        };
+        Ok(Self { compression, kind })
+    }
+
+    /// Which compressor this is, for error messages.
+    pub(crate) fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Compresses `input` into `out` (replacing its contents).
+    ///
+    /// Returns `false` when the result is not smaller than the input: squashfs then stores the
+    /// block raw, and `out` is meaningless.
+    pub(crate) fn compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
+        out.clear();
+        if input.is_empty() {
+            return Ok(false);
+        }
+        match &mut self.kind {
+            Kind::Zstd(z) => {
+                out.reserve(zstd::zstd_safe::compress_bound(input.len()));
+                z.compress_to_buffer(input, out)?;
+            }
+            Kind::Xz(filters) => {
+                let mut stream =
+                    liblzma::stream::Stream::new_stream_encoder(filters, liblzma::stream::Check::Crc32).map_err(io::Error::other)?;
+                out.reserve(input.len() + input.len() / 16 + 256);
+                loop {
+                    let consumed = usize::try_from(stream.total_in()).map_err(io::Error::other)?;
+                    match stream.process_vec(&input[consumed..], out, liblzma::stream::Action::Finish).map_err(io::Error::other)? {
+                        liblzma::stream::Status::StreamEnd => break,
+                        _ => out.reserve(out.capacity().max(4096)),
+                    }
+                }
+            }
+            Kind::Gzip(z) => {
+                z.reset();
+                out.reserve(input.len() + input.len() / 8 + 64);
+                loop {
+                    let consumed = usize::try_from(z.total_in()).map_err(io::Error::other)?;
+                    match z.compress_vec(&input[consumed..], out, flate2::FlushCompress::Finish).map_err(io::Error::other)? {
+                        flate2::Status::StreamEnd => break,
+                        _ => out.reserve(out.capacity().max(4096)),
+                    }
+                }
+            }
+            Kind::Lz4 => {
+                out.resize(lz4_flex::block::get_maximum_output_size(input.len()), 0);
+                let n = lz4_flex::block::compress_into(input, out).map_err(io::Error::other)?;
+                out.truncate(n);
+            }
+        }
+        Ok(out.len() < input.len())
+    }
+}
+
+/// The compressor options block mksquashfs writes for these settings, if any.
+///
+/// lz4 always needs one (the kernel refuses lz4 images without `version = 1`). zstd and gzip get
+/// one only for non-default levels, as with mksquashfs, so readers can report the level; no
+/// reader needs it to decompress. xz needs none: dict = block size is the default.
+pub(crate) fn options_block(compression: Compression, level: i32) -> Option<Vec<u8>> {
+    match compression {
+        // { version: LZ4_LEGACY = 1, flags: 0 (not HC) }
+        Compression::Lz4 => Some([1i32.to_le_bytes(), 0i32.to_le_bytes()].concat()),
+        // { compression_level }; squashfs-tools' default is 15.
+        Compression::Zstd if level != 15 => Some(level.to_le_bytes().to_vec()),
+        // { compression_level, window_size: 15, strategy: 0 }; squashfs-tools' default level is 9.
+        Compression::Gzip if level != 9 => Some([&level.to_le_bytes()[..], &15i16.to_le_bytes(), &0i16.to_le_bytes()].concat()),
+        _ => None,
+    }
+}
+
+/// The squashfs compressor id stored in the superblock.
+pub(crate) fn compressor_id(compression: Compression) -> u16 {
+    match compression {
+        Compression::Gzip => 1,
+        Compression::Xz => 4,
+        Compression::Lz4 => 5,
+        Compression::Zstd => 6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    fn sample(len: usize) -> Vec<u8> {
+        // Compressible but not trivial: a repeating text with a counter mixed in.
+        (0..len).map(|i| b"squashfs block "[i % 15] ^ ((i / 4096) as u8 & 3)).collect()
+    }
+
+    fn decompress(c: Compression, data: &[u8], len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        match c {
+            Compression::Zstd => return zstd::bulk::decompress(data, len).unwrap(),
+            Compression::Xz => liblzma::read::XzDecoder::new(data).read_to_end(&mut out).map(drop).unwrap(),
+            Compression::Gzip => flate2::read::ZlibDecoder::new(data).read_to_end(&mut out).map(drop).unwrap(),
+            Compression::Lz4 => return lz4_flex::block::decompress(data, len).unwrap(),
+        }
+        out
+    }
+
+    #[test]
+    fn every_codec_round_trips_and_reuses_its_context() {
+        let bs = BlockSize::new(131072).unwrap();
+        for c in Compression::ALL {
+            let mut codec = Codec::new(c, c.default_level(), bs).unwrap();
+            let mut out = Vec::new();
+            for len in [1usize, 100, 8192, 131072] {
+                let input = sample(len);
+                if codec.compress(&input, &mut out).unwrap() {
+                    assert!(out.len() < input.len());
+                    assert_eq!(decompress(c, &out, len), input, "{c} {len}");
+                }
+            }
+            assert!(codec.compress(&sample(131072), &mut out).unwrap(), "{c} should shrink text");
+        }
+    }
+
+    #[test]
+    fn incompressible_input_is_reported() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for c in Compression::ALL {
+            let mut codec = Codec::new(c, c.default_level(), BlockSize::default()).unwrap();
+            assert!(!codec.compress(&noise, &mut Vec::new()).unwrap(), "{c}");
+        }
+    }
+
+    #[test]
+    fn zstd_frames_are_single_segment() {
+        // The kernel sizes its zstd window to the block size; a single-segment frame's window
+        // is its content size, which never exceeds a block.
+        let mut codec = Codec::new(Compression::Zstd, 19, BlockSize::default()).unwrap();
+        let mut out = Vec::new();
+        assert!(codec.compress(&sample(1 << 20), &mut out).unwrap());
+        assert_eq!(&out[..4], &[0x28, 0xB5, 0x2F, 0xFD]);
+        let descriptor = out[4];
+        assert_ne!(descriptor & 0x20, 0, "single segment flag");
+        assert_eq!(descriptor >> 6, 2, "4-byte content size");
+        assert_eq!(u32::from_le_bytes(out[5..9].try_into().unwrap()), 1 << 20);
+    }
+
+    #[test]
+    fn xz_dictionary_is_the_block_size() {
+        let bs = BlockSize::new(65536).unwrap();
+        let mut codec = Codec::new(Compression::Xz, 9, bs).unwrap();
+        let mut out = Vec::new();
+        assert!(codec.compress(&sample(65536), &mut out).unwrap());
+        // Stream header (12 bytes) with CRC32 check type 0x01, then the block header whose
+        // LZMA2 filter properties byte encodes the dictionary: 64 KiB is 2^16 -> (16 - 12) * 2.
+        assert_eq!(&out[..6], b"\xFD7zXZ\0");
+        assert_eq!(out[7], 0x01, "CRC32 check");
+        let block_header = &out[12..];
+        let filter_flags = &block_header[2..];
+        assert_eq!(filter_flags[0], 0x21, "LZMA2 filter id");
+        assert_eq!(filter_flags[1], 1, "one property byte");
+        assert_eq!(filter_flags[2], 8, "dict = 64 KiB");
+    }
+
+    #[test]
+    fn options_blocks_match_squashfs_tools() {
+        assert_eq!(options_block(Compression::Lz4, 0), Some(vec![1, 0, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(options_block(Compression::Zstd, 15), None);
+        assert_eq!(options_block(Compression::Zstd, 19), Some(vec![19, 0, 0, 0]));
+        assert_eq!(options_block(Compression::Gzip, 9), None);
+        assert_eq!(options_block(Compression::Gzip, 6), Some(vec![6, 0, 0, 0, 15, 0, 0, 0]));
+        assert_eq!(options_block(Compression::Xz, 6), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! `bakery`: build reproducible system extension images for Kubernetes nodes.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod create;
+pub mod fetch;
+pub mod image;
+pub mod inspect;
+pub mod lint;
+pub mod recipe;
+pub mod resolve;
+pub mod stage;
+pub mod tree;

@@ -1,0 +1,12 @@
+//! Integrity primitives shared by `bakery`, `release-index` and `composer`.
+//!
+//! Everything that decides whether a byte may be trusted lives here, so that the rules are
+//! written once: digests are parsed strictly, and data is hashed while it streams so that a
+//! consumer never has to buffer a download before checking it.
+#![warn(missing_docs)]
+
+mod digest;
+mod hashing;
+
+pub use digest::{DigestParseError, Sha256Digest};
+pub use hashing::{HashingReader, HashingWriter};

@@ -1,0 +1,120 @@
+//! Shared test support for bakery's and composer's integration tests.
+//!
+//! * [`FixtureServer`] — an in-process HTTP/1.1 server with fault injection, so no test ever
+//!   reaches the internet.
+//! * [`FakeUpstream`] — deterministic fake Kubernetes/containerd/runc/CNI releases served at
+//!   their real URL paths, for use as the product's `--mirror`.
+//! * [`tiny_executable`] — minimal static ELF executables for x86-64 and arm64.
+//! * [`TarGz`] — reproducible `.tar.gz` archives, including hostile ones.
+//! * [`MergeSandbox`] — the real `systemd-sysext merge` in a private mount namespace.
+//! * [`is_root`] and [`require_root!`] — skip privileged tests loudly when not root.
+
+pub mod elf;
+pub mod sandbox;
+pub mod server;
+pub mod tarball;
+pub mod upstream;
+
+pub use elf::tiny_executable;
+pub use release_index::Arch;
+pub use server::{FixtureServer, Response};
+pub use sandbox::{MergeOutput, MergeSandbox};
+pub use tarball::{EntryType, TarGz};
+pub use upstream::FakeUpstream;
+
+/// Environment variable that turns [`require_root!`] skips into failures, for CI jobs that are
+/// meant to run the privileged tests and must not pass by skipping them all.
+pub const REQUIRE_ROOT_ENV: &str = "SYSEXT_TESTS_REQUIRE_ROOT";
+
+/// Whether this process runs with effective UID 0.
+///
+/// Reads the `Uid:` line of `/proc/self/status` (real, effective, saved, fs) rather than calling
+/// `geteuid`, which would need `unsafe` or a libc wrapper crate.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .as_deref()
+        .and_then(effective_uid)
+        .is_some_and(|uid| uid == 0)
+}
+
+/// The effective UID from the text of `/proc/<pid>/status`.
+fn effective_uid(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Called by [`require_root!`]: whether the test may run, printing the skip line if not.
+#[doc(hidden)]
+pub fn __root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os(REQUIRE_ROOT_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test} needs root, and {REQUIRE_ROOT_ENV} forbids skipping it");
+    }
+    eprintln!("SKIPPED (needs root): {test}");
+    false
+}
+
+/// Returns from the current test unless running as root, after printing
+/// `SKIPPED (needs root): <path::to::test>` to stderr (cargo shows it with `--nocapture`, and
+/// it is grep-able in CI logs). With [`REQUIRE_ROOT_ENV`] set, it fails instead of skipping.
+///
+/// For tests returning a value, pass it: `require_root!(Ok(()))`.
+///
+/// ```
+/// // In a `#[test]` function:
+/// fn mounts_a_loop_device() {
+///     sysext_tests::require_root!();
+///     // ... privileged work ...
+/// }
+/// # mounts_a_loop_device();
+/// ```
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        $crate::require_root!(())
+    };
+    ($ret:expr) => {{
+        // The path of this nested fn names the enclosing test: `crate::module::test::__here`.
+        fn __here() {}
+        let name = ::std::any::type_name_of_val(&__here);
+        let name = name.strip_suffix("::__here").unwrap_or(name);
+        if !$crate::__root_or_skip(name) {
+            return $ret;
+        }
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_effective_uid() {
+        let status = "Name:\tx\nUid:\t1000\t0\t1000\t1000\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(effective_uid(status), Some(0));
+        assert_eq!(effective_uid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn is_root_agrees_with_id() {
+        let Ok(out) = std::process::Command::new("id").arg("-u").output() else {
+            return;
+        };
+        let uid = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(is_root(), uid.trim() == "0");
+    }
+
+    #[test]
+    fn require_root_runs_the_body_only_as_root() {
+        fn guarded() -> Result<bool, ()> {
+            require_root!(Ok(false));
+            Ok(true)
+        }
+        if std::env::var_os(REQUIRE_ROOT_ENV).is_none() {
+            assert_eq!(guarded(), Ok(is_root()));
+        }
+    }
+}
