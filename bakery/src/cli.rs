@@ -126,17 +126,18 @@ fn default_cache() -> Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(x).join("bakery"));
     }
-    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or_else(|| anyhow!("neither XDG_CACHE_HOME nor HOME is set; pass --cache DIR"))?;
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| anyhow!("neither XDG_CACHE_HOME nor HOME is set; pass --cache DIR"))?;
     Ok(PathBuf::from(home).join(".cache/bakery"))
 }
 
 /// `SOURCE_DATE_EPOCH` (reproducible-builds.org), default 0.
 fn source_date_epoch() -> Result<u32> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => v
-            .trim()
-            .parse::<u32>()
-            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH='{v}': expected seconds since 1970 that fit squashfs's 32-bit timestamps")),
+        Ok(v) if !v.is_empty() => v.trim().parse::<u32>().map_err(|_| {
+            anyhow!("SOURCE_DATE_EPOCH='{v}': expected seconds since 1970 that fit squashfs's 32-bit timestamps")
+        }),
         _ => Ok(0),
     }
 }
@@ -281,8 +282,25 @@ mod tests {
         let cli = Cli::try_parse_from(["bakery", "create", "kubernetes", "v1.31.3", "--arch", "x86-64"]).unwrap();
         assert!(matches!(cli.command, Command::Create(ref a) if a.arch == Arch::X86_64 && a.os == OsTarget::Any));
         let cli = Cli::try_parse_from([
-            "bakery", "create", "containerd", "2.0.4", "--arch", "arm64", "--compression", "xz", "--block-size", "128K",
-            "--os", "ubuntu:24.04", "--mirror", "http://m", "--cache", "/c", "--output", "/o", "--json",
+            "bakery",
+            "create",
+            "containerd",
+            "2.0.4",
+            "--arch",
+            "arm64",
+            "--compression",
+            "xz",
+            "--block-size",
+            "128K",
+            "--os",
+            "ubuntu:24.04",
+            "--mirror",
+            "http://m",
+            "--cache",
+            "/c",
+            "--output",
+            "/o",
+            "--json",
         ])
         .unwrap();
         assert!(matches!(cli.command, Command::Create(ref a) if a.compression == Compression::Xz && a.json));
@@ -292,10 +310,14 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_at_parse_time() {
-        let err = Cli::try_parse_from(["bakery", "create", "kubernetes", "v1.31.3", "--arch", "amd64"]).unwrap_err().to_string();
+        let err = Cli::try_parse_from(["bakery", "create", "kubernetes", "v1.31.3", "--arch", "amd64"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("did you mean x86-64?"), "{err}");
         assert!(Cli::try_parse_from(["bakery", "create", "kubernetes", "v1.31.3"]).is_err(), "--arch is required");
         assert!(Cli::try_parse_from(["bakery", "create", "k", "v1", "--arch", "arm64", "--os", "ubuntu"]).is_err());
-        assert!(Cli::try_parse_from(["bakery", "create", "k", "v1", "--arch", "arm64", "--block-size", "3000"]).is_err());
+        assert!(
+            Cli::try_parse_from(["bakery", "create", "k", "v1", "--arch", "arm64", "--block-size", "3000"]).is_err()
+        );
     }
 }

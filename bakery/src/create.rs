@@ -94,7 +94,8 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
 
     let scratch_parent = req.fetch.cache_dir.join("tmp");
     fs_err::create_dir_all(&scratch_parent)?;
-    let scratch = tempfile::tempdir_in(&scratch_parent).with_context(|| format!("creating a scratch directory in {}", scratch_parent.display()))?;
+    let scratch = tempfile::tempdir_in(&scratch_parent)
+        .with_context(|| format!("creating a scratch directory in {}", scratch_parent.display()))?;
     let mut tree = stage(&req.recipe, &fetched, scratch.path())?;
     let release = ExtensionRelease::for_image(&req.recipe.name, &req.version, req.arch, &req.os, ships_units(&tree));
     finish(&mut tree, &req.recipe, &release, &lock)?;
@@ -133,7 +134,9 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
     if req.force {
         tmp.persist(&dest).map_err(|e| e.error).with_context(|| format!("renaming into {}", dest.display()))?;
     } else {
-        tmp.persist_noclobber(&dest).map_err(|e| e.error).with_context(|| format!("renaming into {}", dest.display()))?;
+        tmp.persist_noclobber(&dest)
+            .map_err(|e| e.error)
+            .with_context(|| format!("renaming into {}", dest.display()))?;
     }
     // The rename is only durable once the directory entry is.
     fs_err::File::open(&req.output_dir)?.sync_all()?;

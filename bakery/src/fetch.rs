@@ -193,7 +193,13 @@ impl Sink for std::fs::File {
 }
 
 /// Copies a body into the sink, tracking progress and the announced length.
-fn copy_body(url: &str, mut body: impl Read, len: Option<u64>, sink: &mut dyn Write, bar: &ProgressBar) -> Result<u64, FetchError> {
+fn copy_body(
+    url: &str,
+    mut body: impl Read,
+    len: Option<u64>,
+    sink: &mut dyn Write,
+    bar: &ProgressBar,
+) -> Result<u64, FetchError> {
     let mut buf = vec![0u8; 128 * 1024];
     let mut got = 0u64;
     loop {
@@ -208,7 +214,8 @@ fn copy_body(url: &str, mut body: impl Read, len: Option<u64>, sink: &mut dyn Wr
                 return Err(FetchError::Transport { url: url.to_owned(), message: error_chain(&e) });
             }
         };
-        sink.write_all(&buf[..n]).map_err(|e| FetchError::Transport { url: url.to_owned(), message: format!("writing: {e}") })?;
+        sink.write_all(&buf[..n])
+            .map_err(|e| FetchError::Transport { url: url.to_owned(), message: format!("writing: {e}") })?;
         got += n as u64;
         bar.inc(n as u64);
     }
@@ -281,7 +288,11 @@ impl Fetcher {
             bar.finish_and_clear();
             return r;
         }
-        let resp = self.client.get(url).send().map_err(|e| FetchError::Transport { url: url.to_owned(), message: error_chain(&e) })?;
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .map_err(|e| FetchError::Transport { url: url.to_owned(), message: error_chain(&e) })?;
         let status = resp.status();
         if !status.is_success() {
             let retry_after = resp
@@ -321,7 +332,10 @@ impl Fetcher {
         let mut delay = self.opts.backoff;
         let mut attempt = 0;
         loop {
-            sink.restart().map_err(|e| FetchError::Transport { url: url.to_owned(), message: format!("resetting download: {e}") })?;
+            sink.restart().map_err(|e| FetchError::Transport {
+                url: url.to_owned(),
+                message: format!("resetting download: {e}"),
+            })?;
             match self.attempt(url, label, limit, sink) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.is_retryable() && attempt < self.opts.retries => {
@@ -330,8 +344,13 @@ impl Fetcher {
                         FetchError::Status { retry_after: Some(ra), .. } => (*ra).min(Duration::from_secs(30)),
                         _ => delay,
                     };
-                    self.progress
-                        .suspend(|| eprintln!("warning: {e}; retrying in {:.1}s ({attempt}/{})", wait.as_secs_f32(), self.opts.retries));
+                    self.progress.suspend(|| {
+                        eprintln!(
+                            "warning: {e}; retrying in {:.1}s ({attempt}/{})",
+                            wait.as_secs_f32(),
+                            self.opts.retries
+                        )
+                    });
                     std::thread::sleep(wait);
                     delay = delay.saturating_mul(2);
                 }
@@ -373,7 +392,13 @@ impl Fetcher {
     /// Fetches an artifact whose digest is known, returning the verified cache file.
     ///
     /// A cached copy is re-hashed before use, so a corrupted cache is noticed and replaced.
-    pub fn fetch_verified(&self, upstream: &str, expected: &Sha256Digest, expected_from: &str, label: &str) -> Result<PathBuf, FetchError> {
+    pub fn fetch_verified(
+        &self,
+        upstream: &str,
+        expected: &Sha256Digest,
+        expected_from: &str,
+        label: &str,
+    ) -> Result<PathBuf, FetchError> {
         let dest = self.digest_cache_path(expected);
         if let Ok(file) = std::fs::File::open(&dest) {
             if Sha256Digest::of_reader(file).map_err(|e| FetchError::io(&dest, e))? == *expected {
@@ -406,7 +431,12 @@ impl Fetcher {
         self.with_retries(&url, label, None, &mut Restartable(&mut writer))?;
         let (actual, file) = writer.finish();
         if actual != *expected {
-            return Err(FetchError::DigestMismatch { url, expected: *expected, expected_from: expected_from.to_owned(), actual });
+            return Err(FetchError::DigestMismatch {
+                url,
+                expected: *expected,
+                expected_from: expected_from.to_owned(),
+                actual,
+            });
         }
         file.sync_all().map_err(|e| FetchError::io(tmp.path(), e))?;
         tmp.persist(&dest).map_err(|e| FetchError::io(&dest, e.error))?;
@@ -432,7 +462,10 @@ pub fn parse_checksum_file(text: &str, entry: &str) -> Result<Sha256Digest, Stri
         }
         names.push(base.to_owned());
     }
-    Err(format!("no entry for '{entry}' (it lists: {})", if names.is_empty() { "nothing".into() } else { names.join(", ") }))
+    Err(format!(
+        "no entry for '{entry}' (it lists: {})",
+        if names.is_empty() { "nothing".into() } else { names.join(", ") }
+    ))
 }
 
 /// The value of a fetched variable (e.g. a pinned version): one token of safe characters.
@@ -458,7 +491,10 @@ mod tests {
     #[test]
     fn mirror_replaces_host_and_keeps_path() {
         let m = Mirror::parse("http://10.0.0.1:8080/mirror/").unwrap();
-        assert_eq!(m.map("https://dl.k8s.io/v1.31.3/bin/linux/amd64/kubelet"), "http://10.0.0.1:8080/mirror/v1.31.3/bin/linux/amd64/kubelet");
+        assert_eq!(
+            m.map("https://dl.k8s.io/v1.31.3/bin/linux/amd64/kubelet"),
+            "http://10.0.0.1:8080/mirror/v1.31.3/bin/linux/amd64/kubelet"
+        );
         assert_eq!(
             m.map("https://github.com/containerd/containerd/releases/download/v2.0.4/x.tar.gz"),
             "http://10.0.0.1:8080/mirror/containerd/containerd/releases/download/v2.0.4/x.tar.gz"

@@ -68,7 +68,8 @@ fn read_all(fs: &FilesystemReader<'_>, file: &backhand::SquashfsFileReader, path
 
 /// Reads an image.
 pub fn inspect(path: &Path) -> Result<Inspection> {
-    let sha256 = Sha256Digest::of_reader(fs_err::File::open(path)?).with_context(|| format!("hashing {}", path.display()))?;
+    let sha256 =
+        Sha256Digest::of_reader(fs_err::File::open(path)?).with_context(|| format!("hashing {}", path.display()))?;
     let size = fs_err::metadata(path)?.len();
     let file = fs_err::File::open(path)?;
     let fs = FilesystemReader::from_reader(BufReader::new(file.into_parts().0))
@@ -97,7 +98,8 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
                 extension_release.insert(name.to_owned(), parsed);
             } else if let Some(rest) = p.strip_prefix("/usr/share/sysext/") {
                 if let Some(name) = rest.strip_suffix("/inputs.json") {
-                    let value = serde_json::from_slice(&read_all(&fs, f, &p)?).with_context(|| format!("parsing {p}"))?;
+                    let value =
+                        serde_json::from_slice(&read_all(&fs, f, &p)?).with_context(|| format!("parsing {p}"))?;
                     inputs.insert(name.to_owned(), value);
                 }
             }
@@ -156,7 +158,10 @@ impl Inspection {
         for e in &self.entries {
             let size = e.size.map_or_else(String::new, |s| s.to_string());
             let target = e.target.as_ref().map_or_else(String::new, |t| format!(" -> {t}"));
-            out.push_str(&format!("  {:<7} {} {}:{} {:>10}  {}{}\n", e.kind, e.mode, e.uid, e.gid, size, e.path, target));
+            out.push_str(&format!(
+                "  {:<7} {} {}:{} {:>10}  {}{}\n",
+                e.kind, e.mode, e.uid, e.gid, size, e.path, target
+            ));
         }
         out
     }

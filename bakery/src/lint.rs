@@ -72,7 +72,8 @@ fn head_of(source: &FileSource) -> std::io::Result<Vec<u8>> {
 /// Checks the tree; an empty list means it is fine.
 pub fn lint(tree: &Tree, arch: Arch) -> std::io::Result<Vec<Violation>> {
     let mut out = Vec::new();
-    let mut push = |path: &str, problem: &str| out.push(Violation { path: path.to_owned(), problem: problem.to_owned() });
+    let mut push =
+        |path: &str, problem: &str| out.push(Violation { path: path.to_owned(), problem: problem.to_owned() });
     for (name, node) in &tree.root().entries {
         let path = format!("/{name}");
         match (name.as_str(), node) {

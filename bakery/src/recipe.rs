@@ -256,7 +256,12 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> String {
 const BUILTIN_PLACEHOLDERS: [&str; 3] = ["version", "upstream_arch", "arch"];
 
 impl Recipe {
-    fn from_parts(dir_name: &str, toml_text: &str, files: Vec<StaticFile>, origin: String) -> Result<Self, RecipeError> {
+    fn from_parts(
+        dir_name: &str,
+        toml_text: &str,
+        files: Vec<StaticFile>,
+        origin: String,
+    ) -> Result<Self, RecipeError> {
         let path = format!("{origin}/recipe.toml");
         let raw: RecipeToml = toml::from_str(toml_text)
             .map_err(|e| RecipeError::Parse { path: path.clone(), message: e.to_string().trim_end().to_owned() })?;
@@ -335,8 +340,9 @@ impl Recipe {
                 return Err(invalid(format!("{what}: install is empty")));
             }
             for rule in &a.install {
-                crate::tree::components(rule.to.trim_end_matches('/'))
-                    .map_err(|_| invalid(format!("{what}: install destination '{}' must be an absolute path", rule.to)))?;
+                crate::tree::components(rule.to.trim_end_matches('/')).map_err(|_| {
+                    invalid(format!("{what}: install destination '{}' must be an absolute path", rule.to))
+                })?;
                 match (a.unpack, &rule.member) {
                     (None, Some(_)) => return Err(invalid(format!("{what}: 'member' needs 'unpack'"))),
                     (None, None) if a.install.len() > 1 => {
@@ -345,9 +351,13 @@ impl Recipe {
                     (None, None) if rule.to.ends_with('/') => {
                         return Err(invalid(format!("{what}: destination '{}' must name the file", rule.to)))
                     }
-                    (Some(_), None) => return Err(invalid(format!("{what}: every install rule of an archive needs 'member'"))),
+                    (Some(_), None) => {
+                        return Err(invalid(format!("{what}: every install rule of an archive needs 'member'")))
+                    }
                     (Some(_), Some(m)) if (m.contains('*') || m.contains('?')) && !rule.to.ends_with('/') => {
-                        return Err(invalid(format!("{what}: wildcard member '{m}' needs a destination directory ending in '/'")))
+                        return Err(invalid(format!(
+                            "{what}: wildcard member '{m}' needs a destination directory ending in '/'"
+                        )))
                     }
                     _ => {}
                 }
@@ -357,7 +367,8 @@ impl Recipe {
             }
         }
         for s in &raw.symlinks {
-            crate::tree::components(&s.path).map_err(|_| invalid(format!("symlink path '{}' must be absolute", s.path)))?;
+            crate::tree::components(&s.path)
+                .map_err(|_| invalid(format!("symlink path '{}' must be absolute", s.path)))?;
             if s.target.is_empty() {
                 return Err(invalid(format!("symlink '{}' has an empty target", s.path)));
             }
@@ -389,7 +400,8 @@ impl Recipe {
         };
         let version: Version = given.parse().map_err(|e: release_index::VersionParseError| bad(e.to_string()))?;
         let prefix = &self.version.prefix;
-        let core = given.strip_prefix(prefix.as_str()).ok_or_else(|| bad(format!("upstream tags start with '{prefix}'")))?;
+        let core =
+            given.strip_prefix(prefix.as_str()).ok_or_else(|| bad(format!("upstream tags start with '{prefix}'")))?;
         if core.starts_with('v') {
             return Err(bad("upstream release assets carry no 'v' prefix".into()));
         }
@@ -412,16 +424,17 @@ impl Recipe {
     }
 }
 
-fn group_by_recipe(files: impl IntoIterator<Item = (String, Vec<u8>, u32)>, origin: &str) -> Result<Recipes, RecipeError> {
+fn group_by_recipe(
+    files: impl IntoIterator<Item = (String, Vec<u8>, u32)>,
+    origin: &str,
+) -> Result<Recipes, RecipeError> {
     let mut dirs: BTreeMap<String, (Option<String>, Vec<StaticFile>)> = BTreeMap::new();
     for (rel, contents, mode) in files {
         let Some((dir, inner)) = rel.split_once('/') else { continue }; // top-level README etc.
         let entry = dirs.entry(dir.to_owned()).or_default();
         if inner == "recipe.toml" {
-            let text = String::from_utf8(contents).map_err(|_| RecipeError::Parse {
-                path: format!("{origin}/{rel}"),
-                message: "not UTF-8".into(),
-            })?;
+            let text = String::from_utf8(contents)
+                .map_err(|_| RecipeError::Parse { path: format!("{origin}/{rel}"), message: "not UTF-8".into() })?;
             entry.0 = Some(text);
         } else if let Some(path) = inner.strip_prefix("files/") {
             entry.1.push(StaticFile {
@@ -432,7 +445,8 @@ fn group_by_recipe(files: impl IntoIterator<Item = (String, Vec<u8>, u32)>, orig
         } else if !inner.ends_with(".md") {
             return Err(RecipeError::Invalid {
                 path: format!("{origin}/{rel}"),
-                message: "unexpected file: a recipe directory holds recipe.toml, files/ and documentation (*.md)".into(),
+                message: "unexpected file: a recipe directory holds recipe.toml, files/ and documentation (*.md)"
+                    .into(),
             });
         }
     }
@@ -451,8 +465,11 @@ fn group_by_recipe(files: impl IntoIterator<Item = (String, Vec<u8>, u32)>, orig
 fn read_tree(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, u32)>) -> Result<(), RecipeError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |path: &Path, cause| RecipeError::Io { path: path.to_owned(), cause };
-    let mut entries: Vec<PathBuf> =
-        fs_err::read_dir(dir).map_err(|e| io(dir, e))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(|e| io(dir, e))?;
+    let mut entries: Vec<PathBuf> = fs_err::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| io(dir, e))?;
     entries.sort();
     for path in entries {
         let meta = fs_err::symlink_metadata(&path).map_err(|e| io(&path, e))?;
@@ -465,7 +482,8 @@ fn read_tree(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>, u32)>) -> 
         } else {
             return Err(RecipeError::Invalid {
                 path: path.display().to_string(),
-                message: "recipes may contain only regular files and directories (declare symlinks in recipe.toml)".into(),
+                message: "recipes may contain only regular files and directories (declare symlinks in recipe.toml)"
+                    .into(),
             });
         }
     }

@@ -70,7 +70,12 @@ pub struct Fetched {
 }
 
 /// Fetches and verifies everything a build needs.
-pub fn resolve(recipe: &Recipe, version: &Version, arch: Arch, fetcher: &Fetcher) -> Result<(Vec<Fetched>, InputsLock)> {
+pub fn resolve(
+    recipe: &Recipe,
+    version: &Version,
+    arch: Arch,
+    fetcher: &Fetcher,
+) -> Result<(Vec<Fetched>, InputsLock)> {
     let mut vars = BTreeMap::new();
     vars.insert("version".to_owned(), version.to_string());
     vars.insert("upstream_arch".to_owned(), recipe.upstream_arch(arch)?.to_owned());
@@ -80,7 +85,9 @@ pub fn resolve(recipe: &Recipe, version: &Version, arch: Arch, fetcher: &Fetcher
     // Variables feed later URLs, so they are resolved first and in order.
     for var in &recipe.variables {
         let url = render(&var.url, &vars);
-        let small = fetcher.fetch_small(&url, &var.name).with_context(|| format!("fetching {} for {}", var.name, recipe.name))?;
+        let small = fetcher
+            .fetch_small(&url, &var.name)
+            .with_context(|| format!("fetching {} for {}", var.name, recipe.name))?;
         let value = parse_variable(&small.bytes).map_err(|e| anyhow!("{url}: {e}"))?;
         inputs.push(Input {
             kind: InputKind::Variable,
@@ -115,7 +122,12 @@ pub fn resolve(recipe: &Recipe, version: &Version, arch: Arch, fetcher: &Fetcher
     Ok((fetched, InputsLock { extension: recipe.name.clone(), version: version.clone(), arch, inputs }))
 }
 
-fn fetch_artifact(artifact: &Artifact, arch: Arch, vars: &BTreeMap<String, String>, fetcher: &Fetcher) -> Result<(Fetched, Vec<Input>)> {
+fn fetch_artifact(
+    artifact: &Artifact,
+    arch: Arch,
+    vars: &BTreeMap<String, String>,
+    fetcher: &Fetcher,
+) -> Result<(Fetched, Vec<Input>)> {
     let url = render(&artifact.url, vars);
     let mut inputs = Vec::new();
     let (expected, expected_from) = if let Some(sum_template) = &artifact.sha256_url {
@@ -140,7 +152,8 @@ fn fetch_artifact(artifact: &Artifact, arch: Arch, vars: &BTreeMap<String, Strin
         (digest, sum_url)
     } else {
         let pins = artifact.sha256.as_ref().expect("recipe validation requires sha256-url or sha256");
-        let digest = *pins.get(&arch).ok_or_else(|| anyhow!("artifact {} has no pinned sha256 for {arch}", artifact.name))?;
+        let digest =
+            *pins.get(&arch).ok_or_else(|| anyhow!("artifact {} has no pinned sha256 for {arch}", artifact.name))?;
         (digest, "pinned in recipe".to_owned())
     };
     let path = fetcher

@@ -126,17 +126,16 @@ fn unpack_tar_gz(tree: &mut Tree, f: &Fetched, scratch: &Path) -> Result<()> {
     for (index, entry) in entries.enumerate() {
         let mut entry = entry.with_context(|| format!("reading archive {url}"))?;
         let raw_bytes = entry.path_bytes().into_owned();
-        let raw = String::from_utf8(raw_bytes).map_err(|_| anyhow::anyhow!("archive {url}: a member name is not UTF-8"))?;
+        let raw =
+            String::from_utf8(raw_bytes).map_err(|_| anyhow::anyhow!("archive {url}: a member name is not UTF-8"))?;
         let Some(name) = member_name(&raw, url)? else { continue };
         let kind = entry.header().entry_type();
         use tar::EntryType as T;
         match kind {
             T::Directory => continue,
             T::Symlink | T::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
+                let target =
+                    entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
                 check_link(&name, &target, kind == T::Link, url)?;
                 if !selected(rules, &name).is_empty() {
                     bail!("archive {url}: member '{name}' is a link; install rules select regular files");
@@ -144,7 +143,9 @@ fn unpack_tar_gz(tree: &mut Tree, f: &Fetched, scratch: &Path) -> Result<()> {
                 seen.push(name);
                 continue;
             }
-            T::Char | T::Block | T::Fifo => bail!("archive {url}: member '{name}' is a device node or FIFO; images may not contain those"),
+            T::Char | T::Block | T::Fifo => {
+                bail!("archive {url}: member '{name}' is a device node or FIFO; images may not contain those")
+            }
             T::Regular | T::Continuous => {}
             other => bail!("archive {url}: member '{name}' has unsupported type {other:?}"),
         }

@@ -235,7 +235,10 @@ mod tests {
     fn rejects_conflicts_and_bad_paths() {
         let mut t = Tree::new();
         t.add_file("/usr/bin/kubelet", 0o755, bytes("k")).unwrap();
-        assert_eq!(t.add_file("/usr/bin/kubelet", 0o755, bytes("k")), Err(TreeError::Duplicate("/usr/bin/kubelet".into())));
+        assert_eq!(
+            t.add_file("/usr/bin/kubelet", 0o755, bytes("k")),
+            Err(TreeError::Duplicate("/usr/bin/kubelet".into()))
+        );
         assert!(matches!(t.add_file("/usr/bin/kubelet/x", 0o644, bytes("")), Err(TreeError::NotADirectory { .. })));
         for bad in ["usr/bin", "/", "/usr//bin", "/usr/../etc", "/usr/./bin"] {
             assert!(matches!(t.add_dir(bad, 0o755), Err(TreeError::InvalidPath(_))), "{bad}");

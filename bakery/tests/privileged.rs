@@ -31,22 +31,36 @@ fn build_all(arch: Arch, extra: &[&str]) -> Built {
 /// the units are in place, and the CNI unit's script populates a writable /opt/cni/bin.
 fn merged_checks(arch: Arch) -> String {
     let mut s = String::new();
-    for (bin, version) in [("kubelet", K8S), ("kubeadm", K8S), ("kubectl", K8S), ("containerd", CONTAINERD), ("ctr", CONTAINERD), ("runc", RUNC)] {
+    for (bin, version) in [
+        ("kubelet", K8S),
+        ("kubeadm", K8S),
+        ("kubectl", K8S),
+        ("containerd", CONTAINERD),
+        ("ctr", CONTAINERD),
+        ("runc", RUNC),
+    ] {
         let want = message(bin, version, arch);
-        s.push_str(&format!("test \"$({bin})\" = '{}' || {{ echo 'wrong output from {bin}' >&2; exit 1; }}\n", want.trim_end()));
+        s.push_str(&format!(
+            "test \"$({bin})\" = '{}' || {{ echo 'wrong output from {bin}' >&2; exit 1; }}\n",
+            want.trim_end()
+        ));
     }
     s.push_str("test -f /usr/lib/systemd/system/kubelet.service\n");
     s.push_str("test -f /usr/lib/systemd/system/containerd.service\n");
     s.push_str("grep -qx 'Upholds=kubelet.service' /usr/lib/systemd/system/multi-user.target.d/10-kubernetes.conf\n");
     s.push_str("test \"$(readlink /usr/libexec/kubernetes/kubelet-plugins)\" = /var/kubernetes/kubelet-plugins\n");
-    s.push_str("if touch /usr/bin/should-fail 2>/dev/null; then echo '/usr is writable while merged' >&2; exit 1; fi\n");
+    s.push_str(
+        "if touch /usr/bin/should-fail 2>/dev/null; then echo '/usr is writable while merged' >&2; exit 1; fi\n",
+    );
     // /opt is not merged (no image ships /opt), so the unit's script can populate it.
     s.push_str("/usr/libexec/cni-sysext/populate-opt-cni-bin /usr/libexec/cni /opt/cni/bin >/dev/null\n");
     s.push_str("cmp /opt/cni/bin/bridge /usr/libexec/cni/bridge\n");
     s.push_str("test -x /opt/cni/bin/bridge\n");
     s.push_str("echo cilium > /opt/cni/bin/cilium-cni && echo mine > /opt/cni/bin/loopback\n");
     s.push_str("/usr/libexec/cni-sysext/populate-opt-cni-bin /usr/libexec/cni /opt/cni/bin > /tmp/populate.log\n");
-    s.push_str("test \"$(cat /opt/cni/bin/loopback)\" = mine || { echo 'an add-on plugin was overwritten' >&2; exit 1; }\n");
+    s.push_str(
+        "test \"$(cat /opt/cni/bin/loopback)\" = mine || { echo 'an add-on plugin was overwritten' >&2; exit 1; }\n",
+    );
     s.push_str("grep -q 'keeping /opt/cni/bin/loopback' /tmp/populate.log\n");
     s.push_str("systemd-sysext list --no-legend | awk '{print $1}' | sort | tr '\\n' ' '\n");
     s

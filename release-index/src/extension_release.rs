@@ -46,8 +46,7 @@ pub struct OsTargetParseError {
 // os-release(5): ID and VERSION_ID use lowercase letters, digits, '.', '_' and '-';
 // SYSEXT_LEVEL the same set. Anything else would never compare equal at boot.
 fn os_token_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 impl FromStr for OsTarget {
@@ -59,9 +58,7 @@ impl FromStr for OsTarget {
             if os_token_ok(v) {
                 Ok(v.to_owned())
             } else {
-                Err(err(&format!(
-                    "{field} '{v}' may only contain lowercase letters, digits, '.', '_' and '-'"
-                )))
+                Err(err(&format!("{field} '{v}' may only contain lowercase letters, digits, '.', '_' and '-'")))
             }
         };
         match s {
@@ -149,12 +146,20 @@ impl ExtensionRelease {
     /// Renders the file. Identity fields come first in a fixed order so the file reads the way
     /// Flatcar's does; values are written unquoted when they need no quoting.
     pub fn render(&self) -> String {
-        const ORDER: [&str; 7] =
-            ["ID", "VERSION_ID", "SYSEXT_LEVEL", "ARCHITECTURE", "SYSEXT_ID", "SYSEXT_VERSION_ID", "EXTENSION_RELOAD_MANAGER"];
+        const ORDER: [&str; 7] = [
+            "ID",
+            "VERSION_ID",
+            "SYSEXT_LEVEL",
+            "ARCHITECTURE",
+            "SYSEXT_ID",
+            "SYSEXT_VERSION_ID",
+            "EXTENSION_RELOAD_MANAGER",
+        ];
         let mut out = String::new();
         let mut emit = |k: &str, v: &str| {
             let plain = !v.is_empty()
-                && v.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'+' | b'/' | b':' | b','));
+                && v.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'+' | b'/' | b':' | b','));
             if plain {
                 out.push_str(&format!("{k}={v}\n"));
             } else {
@@ -265,7 +270,10 @@ mod tests {
             &"ubuntu:24.04".parse().unwrap(),
             false,
         );
-        assert_eq!(r.render(), "ID=ubuntu\nVERSION_ID=24.04\nARCHITECTURE=arm64\nSYSEXT_ID=cni\nSYSEXT_VERSION_ID=v1.6.2\n");
+        assert_eq!(
+            r.render(),
+            "ID=ubuntu\nVERSION_ID=24.04\nARCHITECTURE=arm64\nSYSEXT_ID=cni\nSYSEXT_VERSION_ID=v1.6.2\n"
+        );
     }
 
     #[test]

@@ -57,8 +57,7 @@ impl FromStr for ImageName {
             .find(|&i| starts_like_version(&rest[i + 1..]))
             .ok_or_else(|| err("no version after the name".into()))?;
         let name = rest[..split].parse().map_err(|e: crate::NameParseError| err(e.to_string()))?;
-        let version =
-            rest[split + 1..].parse().map_err(|e: crate::VersionParseError| err(e.to_string()))?;
+        let version = rest[split + 1..].parse().map_err(|e: crate::VersionParseError| err(e.to_string()))?;
         Ok(Self { name, version, arch })
     }
 }

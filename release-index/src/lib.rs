@@ -16,4 +16,3 @@ pub use arch::{Arch, ArchParseError};
 pub use image_name::{ImageName, ImageNameParseError};
 pub use name::{ExtensionName, NameParseError};
 pub use version::{Version, VersionParseError};
-

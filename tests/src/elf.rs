@@ -102,13 +102,9 @@ fn x86_64_code(len: u32) -> Vec<u8> {
 /// arm64 machine code; the message must follow it immediately.
 fn aarch64_code(len: u32) -> Vec<u8> {
     // Encoders for the few A64 instructions needed (64-bit forms).
-    let movz =
-        |rd: u32, imm16: u32, hw: u32| 0xd280_0000 | (hw << 21) | ((imm16 & 0xffff) << 5) | rd;
-    let movk =
-        |rd: u32, imm16: u32, hw: u32| 0xf280_0000 | (hw << 21) | ((imm16 & 0xffff) << 5) | rd;
-    let adr = |rd: u32, offset: u32| {
-        0x1000_0000 | ((offset & 3) << 29) | (((offset >> 2) & 0x7_ffff) << 5) | rd
-    };
+    let movz = |rd: u32, imm16: u32, hw: u32| 0xd280_0000 | (hw << 21) | ((imm16 & 0xffff) << 5) | rd;
+    let movk = |rd: u32, imm16: u32, hw: u32| 0xf280_0000 | (hw << 21) | ((imm16 & 0xffff) << 5) | rd;
+    let adr = |rd: u32, offset: u32| 0x1000_0000 | ((offset & 3) << 29) | (((offset >> 2) & 0x7_ffff) << 5) | rd;
     const SVC0: u32 = 0xd400_0001;
     const INSNS: u32 = 9;
 
@@ -162,9 +158,7 @@ mod tests {
     fn run(path: &std::path::Path) -> std::process::Output {
         for _ in 0..50 {
             match Command::new(path).output() {
-                Err(e) if e.raw_os_error() == Some(26) => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
+                Err(e) if e.raw_os_error() == Some(26) => std::thread::sleep(std::time::Duration::from_millis(20)),
                 other => return other.unwrap(),
             }
         }
@@ -177,12 +171,7 @@ mod tests {
             eprintln!("SKIPPED (host is not x86-64): x86_64_runs_and_prints_exactly_the_message");
             return;
         }
-        for message in [
-            "kubelet v1.31.3 linux/amd64\n",
-            "",
-            "no newline",
-            "ünïcödé ✓\n",
-        ] {
+        for message in ["kubelet v1.31.3 linux/amd64\n", "", "no newline", "ünïcödé ✓\n"] {
             let (_dir, path) = write_executable(&tiny_executable(Arch::X86_64, message));
             let out = run(&path);
             assert!(out.status.success(), "{message:?}: {:?}", out.status);
@@ -214,11 +203,7 @@ mod tests {
             assert_eq!(&b[4..7], &[2, 1, 1], "64-bit, little-endian, version 1");
             assert_eq!(u16_at(&b, 16), 2, "ET_EXEC");
             assert_eq!(u16_at(&b, 18), machine);
-            assert_eq!(
-                u64_at(&b, 24),
-                LOAD_ADDRESS + 120,
-                "entry right after the headers"
-            );
+            assert_eq!(u64_at(&b, 24), LOAD_ADDRESS + 120, "entry right after the headers");
             assert_eq!(u64_at(&b, 32), 64, "phoff");
             assert_eq!(u16_at(&b, 56), 1, "one program header");
             assert_eq!(u32_at(&b, 64), 1, "PT_LOAD");
@@ -236,10 +221,7 @@ mod tests {
         // Expected encodings, cross-checked once with `aarch64-linux-gnu-objdump -D -b binary`
         // (the message starts at 0x9c = 120 + 36, where the adr points).
         let b = tiny_executable(Arch::Arm64, "hi\n");
-        let words: Vec<u32> = b[120..156]
-            .chunks(4)
-            .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
-            .collect();
+        let words: Vec<u32> = b[120..156].chunks(4).map(|w| u32::from_le_bytes(w.try_into().unwrap())).collect();
         assert_eq!(
             words,
             [
@@ -262,34 +244,15 @@ mod tests {
             eprintln!("SKIPPED (readelf missing): readelf_reports_the_machine");
             return;
         }
-        for (arch, expected) in [
-            (Arch::X86_64, "Advanced Micro Devices X86-64"),
-            (Arch::Arm64, "AArch64"),
-        ] {
+        for (arch, expected) in [(Arch::X86_64, "Advanced Micro Devices X86-64"), (Arch::Arm64, "AArch64")] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("tiny");
             std::fs::write(&path, tiny_executable(arch, "x\n")).unwrap();
-            let out = Command::new("readelf")
-                .arg("-h")
-                .arg("-l")
-                .arg(&path)
-                .output()
-                .unwrap();
+            let out = Command::new("readelf").arg("-h").arg("-l").arg(&path).output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{text}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.stderr.is_empty(),
-                "readelf warned: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let machine = text
-                .lines()
-                .find(|l| l.trim_start().starts_with("Machine:"))
-                .unwrap();
+            assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+            assert!(out.stderr.is_empty(), "readelf warned: {}", String::from_utf8_lossy(&out.stderr));
+            let machine = text.lines().find(|l| l.trim_start().starts_with("Machine:")).unwrap();
             assert!(machine.trim_end().ends_with(expected), "{machine}");
             assert!(text.contains("EXEC (Executable file)"), "{text}");
             assert!(text.contains("LOAD"), "{text}");
@@ -301,9 +264,6 @@ mod tests {
         let a = tiny_executable(Arch::X86_64, "a");
         assert_eq!(a, tiny_executable(Arch::X86_64, "a"));
         assert_ne!(a, tiny_executable(Arch::X86_64, "b"));
-        assert_ne!(
-            tiny_executable(Arch::Arm64, "a"),
-            tiny_executable(Arch::Arm64, "b")
-        );
+        assert_ne!(tiny_executable(Arch::Arm64, "a"), tiny_executable(Arch::Arm64, "b"));
     }
 }

@@ -17,8 +17,8 @@ pub mod upstream;
 
 pub use elf::tiny_executable;
 pub use release_index::Arch;
-pub use server::{FixtureServer, Response};
 pub use sandbox::{MergeOutput, MergeSandbox};
+pub use server::{FixtureServer, Response};
 pub use tarball::{EntryType, TarGz};
 pub use upstream::FakeUpstream;
 
@@ -31,11 +31,7 @@ pub const REQUIRE_ROOT_ENV: &str = "SYSEXT_TESTS_REQUIRE_ROOT";
 /// Reads the `Uid:` line of `/proc/self/status` (real, effective, saved, fs) rather than calling
 /// `geteuid`, which would need `unsafe` or a libc wrapper crate.
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .as_deref()
-        .and_then(effective_uid)
-        .is_some_and(|uid| uid == 0)
+    std::fs::read_to_string("/proc/self/status").ok().as_deref().and_then(effective_uid).is_some_and(|uid| uid == 0)
 }
 
 /// The effective UID from the text of `/proc/<pid>/status`.

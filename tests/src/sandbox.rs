@@ -78,7 +78,11 @@ impl MergeSandbox {
         let _ = writeln!(s, "mount --make-rshared /");
         let _ = writeln!(s, "mount -t tmpfs tmpfs /run");
         let _ = writeln!(s, "mkdir -p {0}/etc-up {0}/etc-work", quote(d));
-        let _ = writeln!(s, "mount -t overlay overlay -o lowerdir=/etc,upperdir={0}/etc-up,workdir={0}/etc-work /etc", quote(d));
+        let _ = writeln!(
+            s,
+            "mount -t overlay overlay -o lowerdir=/etc,upperdir={0}/etc-up,workdir={0}/etc-work /etc",
+            quote(d)
+        );
         let _ = writeln!(s, "mount -t tmpfs tmpfs /opt");
         let _ = writeln!(s, "mount -t tmpfs tmpfs /var/lib");
         // systemd reads /etc/os-release first and falls back to /usr/lib/os-release.

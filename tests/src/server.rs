@@ -161,11 +161,7 @@ impl FixtureServer {
                 .spawn(move || accept_loop(listener, shared))
                 .expect("spawn accept thread")
         };
-        FixtureServer {
-            addr,
-            shared,
-            acceptor: Some(acceptor),
-        }
+        FixtureServer { addr, shared, acceptor: Some(acceptor) }
     }
 
     /// Base URL without a trailing slash, e.g. `http://127.0.0.1:41234`.
@@ -196,9 +192,7 @@ impl FixtureServer {
 
     /// The response configured for `path`, if any.
     pub fn get(&self, path: &str) -> Option<Response> {
-        lock(&self.shared.routes)
-            .get(path)
-            .map(|r| r.response.clone())
+        lock(&self.shared.routes).get(path).map(|r| r.response.clone())
     }
 
     /// How many requests for `path` arrived (including failed, dropped and 404 ones).
@@ -242,10 +236,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let Ok(stream) = stream else { continue };
         workers.retain(|w| !w.is_finished());
         let shared = Arc::clone(&shared);
-        match std::thread::Builder::new()
-            .name("fixture-conn".into())
-            .spawn(move || handle(stream, &shared))
-        {
+        match std::thread::Builder::new().name("fixture-conn".into()).spawn(move || handle(stream, &shared)) {
             Ok(worker) => workers.push(worker),
             // Out of threads: the stream was moved into the failed closure and is closed,
             // which the client sees as a connection error. Nothing better to do.
@@ -283,10 +274,7 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
             break;
         }
     }
-    Some(Request {
-        method,
-        path: routing_path(target),
-    })
+    Some(Request { method, path: routing_path(target) })
 }
 
 /// The path used for routing: absolute-form targets lose scheme and authority, and the query
@@ -303,12 +291,7 @@ fn routing_path(target: &str) -> String {
 /// What to do with one request, decided under the routes lock.
 enum Action {
     Drop,
-    Send {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Arc<[u8]>,
-        limit: Option<usize>,
-    },
+    Send { status: u16, headers: Vec<(String, String)>, body: Arc<[u8]>, limit: Option<usize> },
 }
 
 fn handle(stream: TcpStream, shared: &Shared) {
@@ -329,12 +312,7 @@ fn handle(stream: TcpStream, shared: &Shared) {
             // connection close before any response byte.
             let _ = stream.shutdown(Shutdown::Both);
         }
-        Action::Send {
-            status,
-            headers,
-            body,
-            limit,
-        } => {
+        Action::Send { status, headers, body, limit } => {
             let head_only = request.method.eq_ignore_ascii_case("HEAD");
             // Errors mean the client went away early; that is its business, not a failure here.
             let _ = send(&stream, status, &headers, &body, limit, head_only);
@@ -352,15 +330,7 @@ fn decide(shared: &Shared, path: &str) -> (Action, Duration) {
     let Some(route) = routes.get_mut(path) else {
         let body: Arc<[u8]> = Arc::from(format!("404 not found: {path}\n").into_bytes());
         let headers = vec![("Content-Type".to_owned(), "text/plain".to_owned())];
-        return (
-            Action::Send {
-                status: 404,
-                headers,
-                body,
-                limit: None,
-            },
-            Duration::ZERO,
-        );
+        return (Action::Send { status: 404, headers, body, limit: None }, Duration::ZERO);
     };
     let n = route.seen;
     route.seen += 1;
@@ -368,10 +338,7 @@ fn decide(shared: &Shared, path: &str) -> (Action, Duration) {
     let action = if n < r.drop_first {
         Action::Drop
     } else if n < r.drop_first + r.fail_first {
-        let body = format!(
-            "injected failure {} for request {n} to {path}\n",
-            r.fail_status
-        );
+        let body = format!("injected failure {} for request {n} to {path}\n", r.fail_status);
         Action::Send {
             status: r.fail_status,
             headers: vec![("Content-Type".to_owned(), "text/plain".to_owned())],
@@ -380,21 +347,10 @@ fn decide(shared: &Shared, path: &str) -> (Action, Duration) {
         }
     } else {
         let mut headers = r.headers.clone();
-        if !headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        {
-            headers.push((
-                "Content-Type".to_owned(),
-                "application/octet-stream".to_owned(),
-            ));
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            headers.push(("Content-Type".to_owned(), "application/octet-stream".to_owned()));
         }
-        Action::Send {
-            status: r.status,
-            headers,
-            body: Arc::clone(&r.body),
-            limit: r.truncate_after,
-        }
+        Action::Send { status: r.status, headers, body: Arc::clone(&r.body), limit: r.truncate_after }
     };
     (action, r.delay)
 }
@@ -426,10 +382,7 @@ fn send(
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    head.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    ));
+    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
     stream.write_all(head.as_bytes())?;
     if !head_only {
         let n = limit.unwrap_or(body.len()).min(body.len());

@@ -54,13 +54,7 @@ impl TarGz {
 
     /// A regular file. `name` is written exactly as given (no `./` added or removed).
     pub fn file(self, name: &str, mode: u32, bytes: impl AsRef<[u8]>) -> Self {
-        self.push(
-            name.as_bytes(),
-            b"",
-            EntryType::Regular,
-            mode,
-            bytes.as_ref(),
-        )
+        self.push(name.as_bytes(), b"", EntryType::Regular, mode, bytes.as_ref())
     }
 
     /// A directory. Written as given, so pass `"bin/"` or `"./"` to get the trailing slash
@@ -72,62 +66,29 @@ impl TarGz {
     /// A symbolic link (mode 0777, like GNU tar records them). The target is verbatim, so
     /// `"../../etc"` or `"/etc/passwd"` are allowed, for escape tests.
     pub fn symlink(self, name: &str, target: &str) -> Self {
-        self.push(
-            name.as_bytes(),
-            target.as_bytes(),
-            EntryType::Symlink,
-            0o777,
-            b"",
-        )
+        self.push(name.as_bytes(), target.as_bytes(), EntryType::Symlink, 0o777, b"")
     }
 
     /// A hard link to an earlier member (or, verbatim, to anything else, for escape tests).
     pub fn hardlink(self, name: &str, target: &str) -> Self {
-        self.push(
-            name.as_bytes(),
-            target.as_bytes(),
-            EntryType::Link,
-            0o644,
-            b"",
-        )
+        self.push(name.as_bytes(), target.as_bytes(), EntryType::Link, 0o644, b"")
     }
 
     /// Any entry with a name given as raw bytes: not UTF-8, containing `..`, starting with `/`,
     /// or of any type (FIFO, character device, ...). `bytes` becomes the entry's data and size.
-    pub fn raw_entry(
-        self,
-        name: impl AsRef<[u8]>,
-        entry_type: EntryType,
-        mode: u32,
-        bytes: impl AsRef<[u8]>,
-    ) -> Self {
+    pub fn raw_entry(self, name: impl AsRef<[u8]>, entry_type: EntryType, mode: u32, bytes: impl AsRef<[u8]>) -> Self {
         self.push(name.as_ref(), b"", entry_type, mode, bytes.as_ref())
     }
 
     /// Like [`TarGz::raw_entry`] but also sets the link-name field (for hostile links with
     /// non-UTF-8 names or targets).
-    pub fn raw_link(
-        self,
-        name: impl AsRef<[u8]>,
-        entry_type: EntryType,
-        target: impl AsRef<[u8]>,
-    ) -> Self {
-        let mode = if entry_type == EntryType::Symlink {
-            0o777
-        } else {
-            0o644
-        };
+    pub fn raw_link(self, name: impl AsRef<[u8]>, entry_type: EntryType, target: impl AsRef<[u8]>) -> Self {
+        let mode = if entry_type == EntryType::Symlink { 0o777 } else { 0o644 };
         self.push(name.as_ref(), target.as_ref(), entry_type, mode, b"")
     }
 
     fn push(mut self, name: &[u8], link: &[u8], kind: EntryType, mode: u32, data: &[u8]) -> Self {
-        self.entries.push(Entry {
-            name: name.to_vec(),
-            link: link.to_vec(),
-            kind,
-            mode,
-            data: data.to_vec(),
-        });
+        self.entries.push(Entry { name: name.to_vec(), link: link.to_vec(), kind, mode, data: data.to_vec() });
         self
     }
 
@@ -147,9 +108,7 @@ impl TarGz {
             set_field(&mut header.as_old_mut().name, &entry.name);
             set_field(&mut header.as_old_mut().linkname, &entry.link);
             header.set_cksum();
-            builder
-                .append(&header, entry.data.as_slice())
-                .expect("writing to a Vec");
+            builder.append(&header, entry.data.as_slice()).expect("writing to a Vec");
         }
         builder.into_inner().expect("writing to a Vec")
     }
@@ -191,9 +150,7 @@ fn append_long(builder: &mut tar::Builder<Vec<u8>>, kind: EntryType, value: &[u8
     let mut header = blank_header(kind, 0o644, data.len() as u64);
     set_field(&mut header.as_old_mut().name, b"././@LongLink");
     header.set_cksum();
-    builder
-        .append(&header, data.as_slice())
-        .expect("writing to a Vec");
+    builder.append(&header, data.as_slice()).expect("writing to a Vec");
 }
 
 /// Copies `value` into a fixed-size header field, truncating and NUL-padding.
@@ -246,11 +203,7 @@ mod tests {
             .ok()?;
         child.stdin.take().unwrap().write_all(tgz).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "tar: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
         Some(String::from_utf8(out.stdout).unwrap())
     }
 
@@ -267,11 +220,7 @@ mod tests {
     fn same_input_same_bytes_and_reproducible_gzip_header() {
         let a = sample().build();
         assert_eq!(a, sample().build());
-        assert_eq!(
-            &a[..4],
-            &[0x1f, 0x8b, 8, 0],
-            "gzip, deflate, no FNAME/FEXTRA flags"
-        );
+        assert_eq!(&a[..4], &[0x1f, 0x8b, 8, 0], "gzip, deflate, no FNAME/FEXTRA flags");
         assert_eq!(&a[4..8], &[0, 0, 0, 0], "mtime 0");
         assert_ne!(a, sample().file("x", 0o644, "").build());
     }
@@ -281,15 +230,7 @@ mod tests {
         let entries = read_back(&sample().build());
         let summary: Vec<_> = entries
             .iter()
-            .map(|(p, l, k, m, d)| {
-                (
-                    String::from_utf8(p.clone()).unwrap(),
-                    l.clone(),
-                    *k,
-                    *m,
-                    d.len(),
-                )
-            })
+            .map(|(p, l, k, m, d)| (String::from_utf8(p.clone()).unwrap(), l.clone(), *k, *m, d.len()))
             .collect();
         assert_eq!(
             summary,
@@ -297,20 +238,8 @@ mod tests {
                 ("bin/".into(), None, EntryType::Directory, 0o755, 0),
                 ("bin/containerd".into(), None, EntryType::Regular, 0o755, 9),
                 ("README.md".into(), None, EntryType::Regular, 0o644, 6),
-                (
-                    "bin/link".into(),
-                    Some(b"containerd".to_vec()),
-                    EntryType::Symlink,
-                    0o777,
-                    0
-                ),
-                (
-                    "bin/hard".into(),
-                    Some(b"bin/containerd".to_vec()),
-                    EntryType::Link,
-                    0o644,
-                    0
-                ),
+                ("bin/link".into(), Some(b"containerd".to_vec()), EntryType::Symlink, 0o777, 0),
+                ("bin/hard".into(), Some(b"bin/containerd".to_vec()), EntryType::Link, 0o644, 0),
             ]
         );
         assert_eq!(entries[2].4, b"hello\n");
@@ -355,10 +284,7 @@ mod tests {
             eprintln!("SKIPPED (GNU tar missing): hostile_names_survive_verbatim_in_gnu_tar");
             return;
         };
-        let names: Vec<&str> = listing
-            .lines()
-            .map(|l| l.split_whitespace().nth(5).unwrap())
-            .collect();
+        let names: Vec<&str> = listing.lines().map(|l| l.split_whitespace().nth(5).unwrap()).collect();
         assert_eq!(
             names,
             [
@@ -372,19 +298,10 @@ mod tests {
             ],
             "{listing}"
         );
-        assert!(
-            listing.contains("evil-link -> ../../../etc/passwd"),
-            "{listing}"
-        );
-        assert!(
-            listing.contains("evil-hard link to /etc/shadow"),
-            "{listing}"
-        );
+        assert!(listing.contains("evil-link -> ../../../etc/passwd"), "{listing}");
+        assert!(listing.contains("evil-hard link to /etc/shadow"), "{listing}");
         assert!(listing.lines().all(|l| l.contains(" 0/0 ")), "{listing}");
-        assert!(
-            listing.lines().all(|l| l.contains("1970-01-01")),
-            "{listing}"
-        );
+        assert!(listing.lines().all(|l| l.contains("1970-01-01")), "{listing}");
     }
 
     #[test]
@@ -397,21 +314,14 @@ mod tests {
             .raw_entry(format!("../{long}"), EntryType::Regular, 0o644, "")
             .build();
         let entries = read_back(&tgz);
-        assert_eq!(
-            entries.len(),
-            3,
-            "long-name records are not entries of their own"
-        );
+        assert_eq!(entries.len(), 3, "long-name records are not entries of their own");
         assert_eq!(entries[0].0, long.as_bytes());
         assert_eq!(entries[0].4, b"data");
         assert_eq!(entries[1].1.as_deref(), Some(long_target.as_bytes()));
         assert_eq!(entries[2].0, format!("../{long}").as_bytes());
         if let Some(listing) = gnu_tar_list(&tgz, &[]) {
             assert!(listing.contains(&long), "{listing}");
-            assert!(
-                listing.contains(&format!("short -> {long_target}")),
-                "{listing}"
-            );
+            assert!(listing.contains(&format!("short -> {long_target}")), "{listing}");
         }
     }
 

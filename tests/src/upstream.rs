@@ -27,12 +27,7 @@ use crate::tarball::TarGz;
 /// The Kubernetes binaries served for every version, in this order.
 pub const KUBERNETES_BINARIES: [&str; 3] = ["kubelet", "kubeadm", "kubectl"];
 /// Members of `containerd-static-*.tar.gz` under `bin/`.
-pub const CONTAINERD_BINARIES: [&str; 4] = [
-    "containerd",
-    "containerd-shim-runc-v2",
-    "containerd-stress",
-    "ctr",
-];
+pub const CONTAINERD_BINARIES: [&str; 4] = ["containerd", "containerd-shim-runc-v2", "containerd-stress", "ctr"];
 /// The plugins in `cni-plugins-linux-*.tgz` (each as `./<name>`).
 pub const CNI_PLUGINS: [&str; 18] = [
     "bandwidth",
@@ -82,10 +77,7 @@ pub fn kubernetes_path(version: &str, arch: Arch, binary: &str) -> String {
 /// The containerd static release tarball on github.com.
 pub fn containerd_tarball_path(version: &str, arch: Arch) -> String {
     let v = without_v(version);
-    format!(
-        "/containerd/containerd/releases/download/v{v}/containerd-static-{v}-linux-{}.tar.gz",
-        arch.go_arch()
-    )
+    format!("/containerd/containerd/releases/download/v{v}/containerd-static-{v}-linux-{}.tar.gz", arch.go_arch())
 }
 
 /// The `<hex>  <file>\n` checksum file next to the containerd tarball.
@@ -95,18 +87,12 @@ pub fn containerd_checksum_path(version: &str, arch: Arch) -> String {
 
 /// containerd's runc pin on raw.githubusercontent.com (contains e.g. `v1.2.5\n`).
 pub fn runc_version_path(containerd_version: &str) -> String {
-    format!(
-        "/containerd/containerd/v{}/script/setup/runc-version",
-        without_v(containerd_version)
-    )
+    format!("/containerd/containerd/v{}/script/setup/runc-version", without_v(containerd_version))
 }
 
 /// A runc release asset on github.com (`runc.amd64`, `runc.sha256sum`, ...).
 pub fn runc_asset_path(runc_version: &str, asset: &str) -> String {
-    format!(
-        "/opencontainers/runc/releases/download/{}/{asset}",
-        with_v(runc_version)
-    )
+    format!("/opencontainers/runc/releases/download/{}/{asset}", with_v(runc_version))
 }
 
 /// The runc binary for `arch`.
@@ -122,10 +108,7 @@ pub fn runc_checksum_path(runc_version: &str) -> String {
 /// The CNI plugins tarball on github.com.
 pub fn cni_tarball_path(version: &str, arch: Arch) -> String {
     let v = with_v(version);
-    format!(
-        "/containernetworking/plugins/releases/download/{v}/cni-plugins-linux-{}-{v}.tgz",
-        arch.go_arch()
-    )
+    format!("/containernetworking/plugins/releases/download/{v}/cni-plugins-linux-{}-{v}.tgz", arch.go_arch())
 }
 
 /// The `<hex>  <file>\n` checksum file next to the CNI tarball.
@@ -163,10 +146,7 @@ pub struct FakeUpstream<'s> {
 impl<'s> FakeUpstream<'s> {
     /// Serves nothing yet; register releases with the methods below.
     pub fn new(server: &'s FixtureServer) -> Self {
-        FakeUpstream {
-            server,
-            artifacts: Mutex::new(BTreeMap::new()),
-        }
+        FakeUpstream { server, artifacts: Mutex::new(BTreeMap::new()) }
     }
 
     /// The `--mirror` base: the server's URL.
@@ -200,10 +180,7 @@ impl<'s> FakeUpstream<'s> {
             for binary in KUBERNETES_BINARIES {
                 let path = kubernetes_path(&v, arch, binary);
                 let exe = tiny_executable(arch, &message(binary, &v, arch));
-                self.put(
-                    &format!("{path}.sha256"),
-                    Sha256Digest::of(&exe).to_string(),
-                );
+                self.put(&format!("{path}.sha256"), Sha256Digest::of(&exe).to_string());
                 self.put(&path, exe);
             }
         }
@@ -223,10 +200,7 @@ impl<'s> FakeUpstream<'s> {
             }
             let tgz = tar.build();
             let path = containerd_tarball_path(v, arch);
-            self.put(
-                &containerd_checksum_path(v, arch),
-                sum_line(&tgz, file_name(&path)),
-            );
+            self.put(&containerd_checksum_path(v, arch), sum_line(&tgz, file_name(&path)));
             self.put(&path, tgz);
         }
         self.put(&runc_version_path(v), format!("{}\n", with_v(runc_version)));
@@ -243,18 +217,9 @@ impl<'s> FakeUpstream<'s> {
             assets.insert(name, tiny_executable(arch, &message("runc", &v, arch)));
         }
         // Contents are irrelevant to the product (it never fetches them); any fixed bytes do.
-        assets.insert(
-            "runc.tar.xz".into(),
-            format!("fake runc {v} source\n").into_bytes(),
-        );
-        assets.insert(
-            RUNC_LIBSECCOMP.into(),
-            b"fake libseccomp 2.5.5 source\n".to_vec(),
-        );
-        let sums: String = assets
-            .iter()
-            .map(|(name, bytes)| sum_line(bytes, name))
-            .collect();
+        assets.insert("runc.tar.xz".into(), format!("fake runc {v} source\n").into_bytes());
+        assets.insert(RUNC_LIBSECCOMP.into(), b"fake libseccomp 2.5.5 source\n".to_vec());
+        let sums: String = assets.iter().map(|(name, bytes)| sum_line(bytes, name)).collect();
         for (name, bytes) in assets {
             self.put(&runc_asset_path(&v, &name), bytes);
         }
@@ -271,22 +236,11 @@ impl<'s> FakeUpstream<'s> {
                 tar = tar.file(&format!("./{plugin}"), 0o755, exe);
             }
             let tgz = tar
-                .file(
-                    "./LICENSE",
-                    0o644,
-                    "Apache License\nVersion 2.0, January 2004\n",
-                )
-                .file(
-                    "./README.md",
-                    0o644,
-                    format!("Fake CNI plugins {v} for tests.\n"),
-                )
+                .file("./LICENSE", 0o644, "Apache License\nVersion 2.0, January 2004\n")
+                .file("./README.md", 0o644, format!("Fake CNI plugins {v} for tests.\n"))
                 .build();
             let path = cni_tarball_path(&v, arch);
-            self.put(
-                &cni_checksum_path(&v, arch),
-                sum_line(&tgz, file_name(&path)),
-            );
+            self.put(&cni_checksum_path(&v, arch), sum_line(&tgz, file_name(&path)));
             self.put(&path, tgz);
         }
         self

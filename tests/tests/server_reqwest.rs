@@ -9,11 +9,7 @@ use sysext_tests::{FixtureServer, Response};
 /// A client like the product's, but never routed through an environment proxy: the fixture
 /// lives on loopback and tests must not depend on the machine's proxy settings.
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+    reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap()
 }
 
 #[test]
@@ -23,20 +19,14 @@ fn serves_bytes_and_logs_requests() {
     let body: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     server.set("/a/file.bin", Response::ok(body.clone()));
 
-    let resp = client()
-        .get(server.url_for("/a/file.bin?x=1"))
-        .send()
-        .unwrap();
+    let resp = client().get(server.url_for("/a/file.bin?x=1")).send().unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.content_length(), Some(body.len() as u64));
     assert_eq!(resp.bytes().unwrap().as_ref(), body.as_slice());
 
     let head = client().head(server.url_for("/a/file.bin")).send().unwrap();
     assert_eq!(head.status(), 200);
-    assert_eq!(
-        head.headers()["content-length"],
-        body.len().to_string().as_str()
-    );
+    assert_eq!(head.headers()["content-length"], body.len().to_string().as_str());
 
     assert_eq!(server.hits("/a/file.bin"), 2);
     assert_eq!(server.total_hits(), 2);
@@ -51,23 +41,9 @@ fn unknown_and_removed_paths_are_404() {
     assert!(resp.text().unwrap().contains("/nope"));
 
     server.set("/gone", Response::ok("here"));
-    assert_eq!(
-        client()
-            .get(server.url_for("/gone"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(client().get(server.url_for("/gone")).send().unwrap().status(), 200);
     server.remove("/gone");
-    assert_eq!(
-        client()
-            .get(server.url_for("/gone"))
-            .send()
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(client().get(server.url_for("/gone")).send().unwrap().status(), 404);
     assert_eq!(server.requests(), ["/nope", "/gone", "/gone"]);
 }
 
@@ -80,10 +56,7 @@ fn truncated_body_is_an_error_or_short() {
     assert_eq!(resp.content_length(), Some(100_000));
     match resp.bytes() {
         Err(_) => {}
-        Ok(bytes) => assert!(
-            bytes.len() < 100_000,
-            "got the full body despite truncation"
-        ),
+        Ok(bytes) => assert!(bytes.len() < 100_000, "got the full body despite truncation"),
     }
 
     // Streaming readers see the same thing: an error or fewer bytes than announced.
@@ -111,18 +84,8 @@ fn fail_first_then_success() {
 
     // Setting a route again resets its counters.
     server.set("/flaky", Response::ok("again").fail_first(1, 500));
-    assert_eq!(
-        c.get(server.url_for("/flaky")).send().unwrap().status(),
-        500
-    );
-    assert_eq!(
-        c.get(server.url_for("/flaky"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap(),
-        "again"
-    );
+    assert_eq!(c.get(server.url_for("/flaky")).send().unwrap().status(), 500);
+    assert_eq!(c.get(server.url_for("/flaky")).send().unwrap().text().unwrap(), "again");
 }
 
 #[test]
@@ -135,51 +98,27 @@ fn drop_first_is_a_connection_error() {
         assert!(!err.is_status() && !err.is_timeout(), "{err:?}");
     }
     assert_eq!(c.get(server.url_for("/d")).send().unwrap().status(), 502);
-    assert_eq!(
-        c.get(server.url_for("/d")).send().unwrap().text().unwrap(),
-        "ok"
-    );
+    assert_eq!(c.get(server.url_for("/d")).send().unwrap().text().unwrap(), "ok");
     assert_eq!(server.hits("/d"), 4);
 }
 
 #[test]
 fn delay_slows_responses_and_client_timeouts_fire() {
     let server = FixtureServer::start();
-    server.set(
-        "/slow",
-        Response::ok("late").delay(Duration::from_millis(300)),
-    );
+    server.set("/slow", Response::ok("late").delay(Duration::from_millis(300)));
     let start = Instant::now();
-    assert_eq!(
-        client()
-            .get(server.url_for("/slow"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap(),
-        "late"
-    );
+    assert_eq!(client().get(server.url_for("/slow")).send().unwrap().text().unwrap(), "late");
     assert!(start.elapsed() >= Duration::from_millis(300));
 
-    server.set(
-        "/slower",
-        Response::ok("never").delay(Duration::from_secs(30)),
-    );
-    let impatient = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
+    server.set("/slower", Response::ok("never").delay(Duration::from_secs(30)));
+    let impatient =
+        reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_millis(200)).build().unwrap();
     let err = impatient.get(server.url_for("/slower")).send().unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     // Dropping the server must not wait out the 30 s delay.
     let start = Instant::now();
     drop(server);
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
 }
 
 #[test]
@@ -187,15 +126,7 @@ fn redirects_are_followed() {
     let server = FixtureServer::start();
     server.set("/release", Response::redirect("/cdn/blob"));
     server.set("/cdn/blob", Response::ok("blob"));
-    assert_eq!(
-        client()
-            .get(server.url_for("/release"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap(),
-        "blob"
-    );
+    assert_eq!(client().get(server.url_for("/release")).send().unwrap().text().unwrap(), "blob");
     assert_eq!(server.requests(), ["/release", "/cdn/blob"]);
 }
 
@@ -208,12 +139,7 @@ fn routes_change_while_running_from_other_threads() {
             std::thread::spawn(move || {
                 let path = format!("/p{i}");
                 server.set(&path, Response::ok(format!("body {i}")));
-                let text = client()
-                    .get(server.url_for(&path))
-                    .send()
-                    .unwrap()
-                    .text()
-                    .unwrap();
+                let text = client().get(server.url_for(&path)).send().unwrap().text().unwrap();
                 assert_eq!(text, format!("body {i}"));
             })
         })

@@ -8,11 +8,7 @@ use sysext_tests::upstream::{self, CNI_PLUGINS, CONTAINERD_BINARIES};
 use sysext_tests::{Arch, FakeUpstream, FixtureServer};
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+    reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap()
 }
 
 fn get(url: &str) -> Vec<u8> {
@@ -41,9 +37,7 @@ fn members(tgz: &[u8]) -> Vec<(String, u32, tar::EntryType, Vec<u8>)> {
 
 fn all(server: &FixtureServer) -> FakeUpstream<'_> {
     let up = FakeUpstream::new(server);
-    up.kubernetes("v1.31.3")
-        .containerd("2.0.4", "v1.2.5")
-        .cni("v1.6.2");
+    up.kubernetes("v1.31.3").containerd("2.0.4", "v1.2.5").cni("v1.6.2");
     up
 }
 
@@ -70,10 +64,7 @@ fn exact_paths_are_served() {
     // 3 binaries x 2 files x 2 arches + containerd 2x2 + pin + runc 5 + cni 2x2.
     assert_eq!(up.paths().len(), 12 + 4 + 1 + 5 + 4);
     assert_eq!(up.mirror(), server.url());
-    assert_eq!(
-        get(&up.url("/containerd/containerd/v2.0.4/script/setup/runc-version")),
-        b"v1.2.5\n"
-    );
+    assert_eq!(get(&up.url("/containerd/containerd/v2.0.4/script/setup/runc-version")), b"v1.2.5\n");
 }
 
 #[test]
@@ -102,9 +93,7 @@ fn sum_lines(text: &str) -> Vec<(String, String)> {
         .map(|l| {
             let (hex, name) = l.split_once("  ").unwrap();
             assert_eq!(hex.len(), 64);
-            assert!(hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
             (hex.to_owned(), name.to_owned())
         })
         .collect()
@@ -120,19 +109,13 @@ fn containerd_tarball_members_and_checksum() {
         let tgz = get(&up.url(&path));
         let sums = String::from_utf8(get(&up.url(&format!("{path}.sha256sum")))).unwrap();
         let name = format!("containerd-static-2.0.4-linux-{}.tar.gz", arch.go_arch());
-        assert_eq!(
-            sum_lines(&sums),
-            [(Sha256Digest::of(&tgz).to_string(), name)]
-        );
+        assert_eq!(sum_lines(&sums), [(Sha256Digest::of(&tgz).to_string(), name)]);
 
         let m = members(&tgz);
         assert_eq!(m[0].0, "bin/");
         assert_eq!(m[0].2, tar::EntryType::Directory);
         let files: Vec<&str> = m[1..].iter().map(|e| e.0.as_str()).collect();
-        let want: Vec<String> = CONTAINERD_BINARIES
-            .iter()
-            .map(|b| format!("bin/{b}"))
-            .collect();
+        let want: Vec<String> = CONTAINERD_BINARIES.iter().map(|b| format!("bin/{b}")).collect();
         assert_eq!(files, want);
         for (name, mode, kind, data) in &m[1..] {
             assert_eq!((*mode, *kind), (0o755, tar::EntryType::Regular), "{name}");
@@ -150,15 +133,7 @@ fn runc_assets_match_their_checksum_file() {
     let sums = String::from_utf8(get(&up.url(&upstream::runc_checksum_path("v1.2.5")))).unwrap();
     let lines = sum_lines(&sums);
     let names: Vec<&str> = lines.iter().map(|(_, n)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "libseccomp-2.5.5.tar.gz",
-            "runc.amd64",
-            "runc.arm64",
-            "runc.tar.xz"
-        ]
-    );
+    assert_eq!(names, ["libseccomp-2.5.5.tar.gz", "runc.amd64", "runc.arm64", "runc.tar.xz"]);
     for (hex, name) in &lines {
         let bytes = get(&up.url(&upstream::runc_asset_path("v1.2.5", name)));
         assert_eq!(&Sha256Digest::of(&bytes).to_string(), hex, "{name}");
@@ -179,10 +154,7 @@ fn cni_tarball_members_and_checksum() {
         let tgz = get(&up.url(&path));
         let sums = String::from_utf8(get(&up.url(&format!("{path}.sha256")))).unwrap();
         let name = format!("cni-plugins-linux-{}-v1.6.2.tgz", arch.go_arch());
-        assert_eq!(
-            sum_lines(&sums),
-            [(Sha256Digest::of(&tgz).to_string(), name)]
-        );
+        assert_eq!(sum_lines(&sums), [(Sha256Digest::of(&tgz).to_string(), name)]);
 
         let m = members(&tgz);
         let names: Vec<&str> = m.iter().map(|e| e.0.as_str()).collect();
@@ -208,33 +180,15 @@ fn gnu_tar_lists_the_served_tarballs() {
     let up = all(&server);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.tgz");
-    std::fs::write(
-        &file,
-        up.bytes(&upstream::containerd_tarball_path("2.0.4", Arch::Arm64)),
-    )
-    .unwrap();
-    let Ok(out) = std::process::Command::new("tar")
-        .arg("-tzvf")
-        .arg(&file)
-        .output()
-    else {
+    std::fs::write(&file, up.bytes(&upstream::containerd_tarball_path("2.0.4", Arch::Arm64))).unwrap();
+    let Ok(out) = std::process::Command::new("tar").arg("-tzvf").arg(&file).output() else {
         eprintln!("SKIPPED (GNU tar missing): gnu_tar_lists_the_served_tarballs");
         return;
     };
     assert!(out.status.success());
     let listing = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        listing
-            .lines()
-            .next()
-            .unwrap()
-            .starts_with("drwxr-xr-x 0/0"),
-        "{listing}"
-    );
-    assert!(
-        listing.contains("-rwxr-xr-x 0/0") && listing.contains(" bin/ctr\n"),
-        "{listing}"
-    );
+    assert!(listing.lines().next().unwrap().starts_with("drwxr-xr-x 0/0"), "{listing}");
+    assert!(listing.contains("-rwxr-xr-x 0/0") && listing.contains(" bin/ctr\n"), "{listing}");
 }
 
 #[test]
@@ -247,17 +201,10 @@ fn two_instances_serve_identical_bytes() {
     }
     // Pin the content too, so an accidental change (e.g. a flate2 upgrade changing its
     // output) is noticed here rather than as mysterious digest churn elsewhere.
-    let kubelet = a.digest(&upstream::kubernetes_path(
-        "v1.31.3",
-        Arch::X86_64,
-        "kubelet",
-    ));
+    let kubelet = a.digest(&upstream::kubernetes_path("v1.31.3", Arch::X86_64, "kubelet"));
     assert_eq!(
         kubelet,
-        Sha256Digest::of(&sysext_tests::tiny_executable(
-            Arch::X86_64,
-            "kubelet v1.31.3 linux/amd64\n"
-        ))
+        Sha256Digest::of(&sysext_tests::tiny_executable(Arch::X86_64, "kubelet v1.31.3 linux/amd64\n"))
     );
 }
 
@@ -266,10 +213,7 @@ fn corrupt_checksum_keeps_format_but_not_digest() {
     let server = FixtureServer::start();
     let up = all(&server);
     for sum_path in [
-        format!(
-            "{}.sha256",
-            upstream::kubernetes_path("v1.31.3", Arch::Arm64, "kubelet")
-        ),
+        format!("{}.sha256", upstream::kubernetes_path("v1.31.3", Arch::Arm64, "kubelet")),
         upstream::containerd_checksum_path("2.0.4", Arch::X86_64),
         upstream::runc_checksum_path("v1.2.5"),
     ] {
@@ -281,9 +225,7 @@ fn corrupt_checksum_keeps_format_but_not_digest() {
         for (b, a) in before.split_whitespace().zip(after.split_whitespace()) {
             if b.len() == 64 {
                 assert_ne!(a, b);
-                assert!(a
-                    .bytes()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+                assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
             } else {
                 assert_eq!(a, b, "file names unchanged");
             }
@@ -312,10 +254,7 @@ fn server_faults_compose_with_upstream_content() {
     let up = FakeUpstream::new(&server);
     up.cni("v1.6.2");
     let path = upstream::cni_tarball_path("v1.6.2", Arch::X86_64);
-    server.set(
-        &path,
-        sysext_tests::Response::ok(up.bytes(&path)).fail_first(1, 503),
-    );
+    server.set(&path, sysext_tests::Response::ok(up.bytes(&path)).fail_first(1, 503));
     assert_eq!(client().get(up.url(&path)).send().unwrap().status(), 503);
     assert_eq!(get(&up.url(&path)), up.bytes(&path));
     assert_eq!(server.hits(&path), 2);

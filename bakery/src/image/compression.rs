@@ -37,11 +37,40 @@ impl std::fmt::Debug for Codec {
     }
 }
 
+/// The zstd level bakery retunes; it is also the default (see [`Compression::default_level`]).
+pub(crate) const TUNED_ZSTD_LEVEL: i32 = 16;
+
+/// Keeps level 16's optimal parser (btopt) but retunes it for executables. Measured on
+/// ~150 MiB of Go binaries with 1 MiB blocks, this is both smaller (0.885x instead of 0.899x
+/// of mksquashfs' gzip image) and more than twice as fast as stock level 16:
+/// - minimum match 3 instead of 5: machine code and Go's tables are full of short repeats,
+///   and this alone is worth ~4% of image size;
+/// - 2^16/2^17 chain/hash tables and a search depth of 2^3: they stay in cache, and deeper
+///   searches buy little within one block.
+///
+/// Only the default level is tuned, so every other level is exactly zstd's.
+fn tune_for_executables(c: &mut zstd::bulk::Compressor<'static>) -> io::Result<()> {
+    use zstd::zstd_safe::{CParameter, Strategy};
+    c.set_parameter(CParameter::Strategy(Strategy::ZSTD_btopt))?;
+    c.set_parameter(CParameter::ChainLog(16))?;
+    c.set_parameter(CParameter::HashLog(17))?;
+    c.set_parameter(CParameter::SearchLog(3))?;
+    c.set_parameter(CParameter::MinMatch(3))?;
+    c.set_parameter(CParameter::TargetLength(32))?;
+    Ok(())
+}
+
 impl Codec {
     /// A context for `compression` at an already validated `level`.
     pub(crate) fn new(compression: Compression, level: i32, block_size: BlockSize) -> io::Result<Self> {
         let kind = match compression {
-            Compression::Zstd => Kind::Zstd(zstd::bulk::Compressor::new(level)?),
+            Compression::Zstd => {
+                let mut c = zstd::bulk::Compressor::new(level)?;
+                if level == TUNED_ZSTD_LEVEL {
+                    tune_for_executables(&mut c)?;
+                }
+                Kind::Zstd(c)
+            }
             Compression::Xz => {
                 let preset = u32::try_from(level).map_err(|_| io::Error::other("negative xz preset"))?;
                 let mut lzma = liblzma::stream::LzmaOptions::new_preset(preset).map_err(io::Error::other)?;
@@ -79,12 +108,15 @@ impl Codec {
                 z.compress_to_buffer(input, out)?;
             }
             Kind::Xz(filters) => {
-                let mut stream =
-                    liblzma::stream::Stream::new_stream_encoder(filters, liblzma::stream::Check::Crc32).map_err(io::Error::other)?;
+                let mut stream = liblzma::stream::Stream::new_stream_encoder(filters, liblzma::stream::Check::Crc32)
+                    .map_err(io::Error::other)?;
                 out.reserve(input.len() + input.len() / 16 + 256);
                 loop {
                     let consumed = usize::try_from(stream.total_in()).map_err(io::Error::other)?;
-                    match stream.process_vec(&input[consumed..], out, liblzma::stream::Action::Finish).map_err(io::Error::other)? {
+                    match stream
+                        .process_vec(&input[consumed..], out, liblzma::stream::Action::Finish)
+                        .map_err(io::Error::other)?
+                    {
                         liblzma::stream::Status::StreamEnd => break,
                         _ => out.reserve(out.capacity().max(4096)),
                     }
@@ -95,7 +127,10 @@ impl Codec {
                 out.reserve(input.len() + input.len() / 8 + 64);
                 loop {
                     let consumed = usize::try_from(z.total_in()).map_err(io::Error::other)?;
-                    match z.compress_vec(&input[consumed..], out, flate2::FlushCompress::Finish).map_err(io::Error::other)? {
+                    match z
+                        .compress_vec(&input[consumed..], out, flate2::FlushCompress::Finish)
+                        .map_err(io::Error::other)?
+                    {
                         flate2::Status::StreamEnd => break,
                         _ => out.reserve(out.capacity().max(4096)),
                     }
@@ -120,10 +155,12 @@ pub(crate) fn options_block(compression: Compression, level: i32) -> Option<Vec<
     match compression {
         // { version: LZ4_LEGACY = 1, flags: 0 (not HC) }
         Compression::Lz4 => Some([1i32.to_le_bytes(), 0i32.to_le_bytes()].concat()),
-        // { compression_level }; squashfs-tools' default is 15.
+        // { compression_level }; squashfs-tools' default is 15, bakery's 16 (tuned).
         Compression::Zstd if level != 15 => Some(level.to_le_bytes().to_vec()),
         // { compression_level, window_size: 15, strategy: 0 }; squashfs-tools' default level is 9.
-        Compression::Gzip if level != 9 => Some([&level.to_le_bytes()[..], &15i16.to_le_bytes(), &0i16.to_le_bytes()].concat()),
+        Compression::Gzip if level != 9 => {
+            Some([&level.to_le_bytes()[..], &15i16.to_le_bytes(), &0i16.to_le_bytes()].concat())
+        }
         _ => None,
     }
 }
@@ -198,14 +235,30 @@ mod tests {
     fn zstd_frames_are_single_segment() {
         // The kernel sizes its zstd window to the block size; a single-segment frame's window
         // is its content size, which never exceeds a block.
-        let mut codec = Codec::new(Compression::Zstd, 19, BlockSize::default()).unwrap();
-        let mut out = Vec::new();
-        assert!(codec.compress(&sample(1 << 20), &mut out).unwrap());
-        assert_eq!(&out[..4], &[0x28, 0xB5, 0x2F, 0xFD]);
-        let descriptor = out[4];
-        assert_ne!(descriptor & 0x20, 0, "single segment flag");
-        assert_eq!(descriptor >> 6, 2, "4-byte content size");
-        assert_eq!(u32::from_le_bytes(out[5..9].try_into().unwrap()), 1 << 20);
+        for level in [TUNED_ZSTD_LEVEL, 19, 22] {
+            let mut codec = Codec::new(Compression::Zstd, level, BlockSize::default()).unwrap();
+            let mut out = Vec::new();
+            assert!(codec.compress(&sample(1 << 20), &mut out).unwrap());
+            assert_eq!(&out[..4], &[0x28, 0xB5, 0x2F, 0xFD]);
+            let descriptor = out[4];
+            assert_ne!(descriptor & 0x20, 0, "single segment flag at level {level}");
+            assert_eq!(descriptor >> 6, 2, "4-byte content size");
+            assert_eq!(u32::from_le_bytes(out[5..9].try_into().unwrap()), 1 << 20);
+        }
+    }
+
+    #[test]
+    fn tuned_default_differs_from_stock_zstd_and_decodes() {
+        assert_eq!(Compression::Zstd.default_level(), TUNED_ZSTD_LEVEL);
+        let input = sample(1 << 18);
+        let mut tuned = Vec::new();
+        Codec::new(Compression::Zstd, TUNED_ZSTD_LEVEL, BlockSize::default())
+            .unwrap()
+            .compress(&input, &mut tuned)
+            .unwrap();
+        let stock = zstd::bulk::compress(&input, TUNED_ZSTD_LEVEL).unwrap();
+        assert_ne!(tuned, stock, "the default level must use the tuned parameters");
+        assert_eq!(zstd::bulk::decompress(&tuned, input.len()).unwrap(), input);
     }
 
     #[test]
@@ -230,6 +283,7 @@ mod tests {
         assert_eq!(options_block(Compression::Lz4, 0), Some(vec![1, 0, 0, 0, 0, 0, 0, 0]));
         assert_eq!(options_block(Compression::Zstd, 15), None);
         assert_eq!(options_block(Compression::Zstd, 19), Some(vec![19, 0, 0, 0]));
+        assert_eq!(options_block(Compression::Zstd, 16), Some(vec![16, 0, 0, 0]));
         assert_eq!(options_block(Compression::Gzip, 9), None);
         assert_eq!(options_block(Compression::Gzip, 6), Some(vec![6, 0, 0, 0, 15, 0, 0, 0]));
         assert_eq!(options_block(Compression::Xz, 6), None);

@@ -130,7 +130,8 @@ pub(crate) fn write_data<W: Write>(
         let placements = reader.join().expect("reader thread panicked");
         // A write error stops the reader early: report that cause, not the cancellation.
         let mut section = written?;
-        let placements = placements.map_err(|e| e.unwrap_or_else(|| ImageError::Write(io::Error::other("data pipeline stopped early"))))?;
+        let placements = placements
+            .map_err(|e| e.unwrap_or_else(|| ImageError::Write(io::Error::other("data pipeline stopped early"))))?;
         for (file, (size, fragment)) in section.files.iter_mut().zip(placements) {
             file.size = size;
             file.fragment = fragment;
@@ -281,7 +282,8 @@ fn write_in_order<W: Write>(
     out: &mut W,
     pos: &mut u64,
 ) -> Result<DataSection, ImageError> {
-    let mut section = DataSection { files: vec![FileData::default(); file_count], fragments: Vec::new(), data_blocks: 0 };
+    let mut section =
+        DataSection { files: vec![FileData::default(); file_count], fragments: Vec::new(), data_blocks: 0 };
     let mut waiting = BTreeMap::new();
     let mut next = 0u64;
     for result in results {

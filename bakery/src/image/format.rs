@@ -1,6 +1,6 @@
 //! On-disk encodings of squashfs 4.0 structures (all little-endian).
 
-use super::metadata::MetaPos;
+use super::metadata::{MetaPos, METADATA_SIZE};
 
 /// `hsqs`.
 pub(crate) const MAGIC: u32 = 0x7371_7368;
@@ -25,7 +25,6 @@ pub(crate) const BASIC_FILE: u16 = 2;
 pub(crate) const BASIC_SYMLINK: u16 = 3;
 pub(crate) const EXT_DIR: u16 = 8;
 pub(crate) const EXT_FILE: u16 = 9;
-
 
 /// Most entries one directory header may cover.
 pub(crate) const DIR_HEADER_MAX_ENTRIES: usize = 256;
@@ -122,7 +121,7 @@ pub(crate) struct DirIndex<'a> {
     pub name: &'a str,
 }
 
-/// A directory inode: basic while the listing fits a 16-bit size, extended otherwise.
+/// A directory inode: extended when it has a lookup index or its listing needs a 32-bit size.
 #[derive(Debug, Clone)]
 pub(crate) struct DirInode<'a> {
     pub base: InodeBase,
@@ -138,7 +137,8 @@ impl DirInode<'_> {
     pub(crate) fn encode(&self, b: &mut Vec<u8>) {
         let mode = self.base.permissions;
         let block = u32::try_from(self.listing.block).expect("directory table below 4 GiB checked by caller");
-        if let Ok(size) = u16::try_from(self.file_size) {
+        let basic_size = u16::try_from(self.file_size).ok().filter(|_| self.index.is_empty());
+        if let Some(size) = basic_size {
             inode_header(b, BASIC_DIR, mode, self.base.mtime, self.base.number);
             put32(b, block);
             put32(b, self.nlink);
@@ -171,7 +171,7 @@ pub(crate) struct FileInode<'a> {
     /// Absolute offset of the first data block (0 when there is none).
     pub start: u64,
     pub size: u64,
-    /// Bytes not stored because their blocks were all zero.
+    /// Bytes not stored because their blocks were all zero (recorded by extended inodes).
     pub sparse: u64,
     /// (fragment index, offset inside the fragment) for the tail end.
     pub fragment: Option<(u32, u32)>,
@@ -183,8 +183,10 @@ impl FileInode<'_> {
     pub(crate) fn encode(&self, b: &mut Vec<u8>) {
         let mode = self.base.permissions;
         let (frag, frag_offset) = self.fragment.unwrap_or((NONE_U32, 0));
+        // Like mksquashfs, sparse files stay basic: readers find holes from the zero-sized
+        // entries in the block list, and sqfsdiff reports a differing inode type otherwise.
         match (u32::try_from(self.start), u32::try_from(self.size)) {
-            (Ok(start), Ok(size)) if self.sparse == 0 => {
+            (Ok(start), Ok(size)) => {
                 inode_header(b, BASIC_FILE, mode, self.base.mtime, self.base.number);
                 put32(b, start);
                 put32(b, frag);
@@ -225,21 +227,46 @@ pub(crate) struct DirEntry<'a> {
     pub basic_type: u16,
 }
 
-/// Splits sorted entries into directory header runs: a header covers at most 256 entries that
-/// share one inode-table block and whose inode numbers are within an i16 of its base.
-pub(crate) fn header_runs(entries: &[DirEntry<'_>]) -> Vec<std::ops::Range<usize>> {
+/// One directory header and the entries it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub entries: std::ops::Range<usize>,
+    /// The header opens a new 8 KiB stretch of the listing and gets a lookup index entry.
+    pub indexed: bool,
+}
+
+/// Splits sorted entries into directory headers the way mksquashfs does: a header covers at
+/// most 256 entries that share one inode-table block and whose inode numbers are within an i16
+/// of its base, and a new header (with an index entry) starts where an entry would reach more
+/// than 8 KiB past the previous index point. Matching mksquashfs keeps the choice between basic
+/// and extended (indexed) directory inodes identical to it.
+pub(crate) fn header_runs(entries: &[DirEntry<'_>]) -> Vec<Run> {
+    const HEADER: usize = 12;
+    const ENTRY: usize = 8;
     let mut runs = Vec::new();
-    let mut start = 0;
+    let (mut start, mut indexed) = (0, false);
+    let (mut listing, mut index_mark) = (HEADER, 0);
     for (i, e) in entries.iter().enumerate() {
         let first = &entries[start];
         let delta = i64::from(e.number) - i64::from(first.number);
-        if i > start && (i - start == DIR_HEADER_MAX_ENTRIES || e.inode.block != first.inode.block || i16::try_from(delta).is_err()) {
-            runs.push(start..i);
-            start = i;
+        let crosses = listing + ENTRY + e.name.len() - index_mark > METADATA_SIZE;
+        if i > start
+            && (i - start == DIR_HEADER_MAX_ENTRIES
+                || e.inode.block != first.inode.block
+                || i16::try_from(delta).is_err()
+                || crosses)
+        {
+            runs.push(Run { entries: start..i, indexed });
+            if crosses {
+                index_mark = listing;
+            }
+            (start, indexed) = (i, crosses);
+            listing += HEADER;
         }
+        listing += ENTRY + e.name.len();
     }
     if start < entries.len() {
-        runs.push(start..entries.len());
+        runs.push(Run { entries: start..entries.len(), indexed });
     }
     runs
 }
@@ -294,18 +321,40 @@ mod tests {
         assert_eq!(u64::from_le_bytes(b[0x50..0x58].try_into().unwrap()), 0xf6);
     }
 
+    fn ranges(runs: &[Run]) -> Vec<std::ops::Range<usize>> {
+        runs.iter().map(|r| r.entries.clone()).collect()
+    }
+
     #[test]
     fn header_runs_split_at_256_block_change_and_i16() {
         let many: Vec<_> = (0..600).map(|i| entry("n", 0, 1 + i)).collect();
-        assert_eq!(header_runs(&many), [0..256, 256..512, 512..600]);
+        assert_eq!(ranges(&header_runs(&many)), [0..256, 256..512, 512..600]);
+        assert!(header_runs(&many).iter().all(|r| !r.indexed), "600 * 9 bytes stay below 8 KiB");
 
         let blocks = [entry("a", 0, 1), entry("b", 0, 2), entry("c", 40, 3), entry("d", 40, 4)];
-        assert_eq!(header_runs(&blocks), [0..2, 2..4]);
+        assert_eq!(ranges(&header_runs(&blocks)), [0..2, 2..4]);
 
         let far = [entry("a", 0, 1), entry("b", 0, 1 + 32767), entry("c", 0, 1 + 32768)];
-        assert_eq!(header_runs(&far), [0..2, 2..3]);
+        assert_eq!(ranges(&header_runs(&far)), [0..2, 2..3]);
 
         assert!(header_runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn header_runs_index_every_8k_of_listing() {
+        // 92-byte names make 100-byte entries: the header (12) and 81 entries fill 8112 bytes;
+        // the 82nd would end at 8212 > 8192, so it opens an indexed header at offset 8112.
+        let name = "x".repeat(92);
+        let entries: Vec<_> = (0..200).map(|i| entry(&name, 0, 1 + i)).collect();
+        let runs = header_runs(&entries);
+        assert_eq!(ranges(&runs), [0..81, 81..162, 162..200]);
+        assert_eq!(runs.iter().map(|r| r.indexed).collect::<Vec<_>>(), [false, true, true]);
+        // The next stretch is measured from that header: 12 + 81 entries again.
+        let mut b = Vec::new();
+        for r in &runs[..2] {
+            encode_dir_run(&mut b, &entries[r.entries.clone()]);
+        }
+        assert_eq!(b.len(), 2 * 12 + 162 * 100);
     }
 
     #[test]
@@ -327,7 +376,11 @@ mod tests {
         assert_eq!(u16::from_le_bytes([b[0], b[1]]), BASIC_FILE);
         assert_eq!(u16::from_le_bytes([b[2], b[3]]), 0o755, "permissions only, no S_IFREG");
 
-        for (start, size, sparse) in [(1u64 << 32, 10u64, 0u64), (0, 1 << 32, 0), (96, 1 << 20, 1 << 17)] {
+        let mut b = Vec::new();
+        FileInode { base, start: 96, size: 1 << 20, sparse: 1 << 17, fragment: None, blocks: &[0, 5] }.encode(&mut b);
+        assert_eq!((b.len(), u16::from_le_bytes([b[0], b[1]])), (32 + 8, BASIC_FILE), "sparse files stay basic");
+
+        for (start, size, sparse) in [(1u64 << 32, 10u64, 0u64), (0, 1 << 32, 1 << 17)] {
             let mut b = Vec::new();
             FileInode { base, start, size, sparse, fragment: None, blocks: &[1, 2] }.encode(&mut b);
             assert_eq!(u16::from_le_bytes([b[0], b[1]]), EXT_FILE);
@@ -343,6 +396,10 @@ mod tests {
         let mut b = Vec::new();
         DirInode { base, listing, file_size: 65535, nlink: 2, parent: 10, index: vec![] }.encode(&mut b);
         assert_eq!((b.len(), u16::from_le_bytes([b[0], b[1]])), (32, BASIC_DIR));
+        let mut b = Vec::new();
+        let index = vec![DirIndex { listing_offset: 8112, block: 300, name: "xyz" }];
+        DirInode { base, listing, file_size: 9000, nlink: 2, parent: 10, index }.encode(&mut b);
+        assert_eq!(u16::from_le_bytes([b[0], b[1]]), EXT_DIR, "an index needs the extended form");
         let mut b = Vec::new();
         let index = vec![DirIndex { listing_offset: 8000, block: 300, name: "xyz" }];
         DirInode { base, listing, file_size: 65536, nlink: 2, parent: 10, index }.encode(&mut b);

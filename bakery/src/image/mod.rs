@@ -9,6 +9,13 @@
 //! Layout follows mksquashfs (squashfs 4.0): superblock, optional compressor options, data and
 //! fragment blocks, inode table, directory table, fragment table, id table, zero padding to
 //! 4 KiB. There is no export table and no xattr table.
+//!
+//! Where squashfs leaves a choice, the writer makes mksquashfs' so that `sqfsdiff` (which also
+//! compares inode numbers and types) sees no difference to a mksquashfs image of the same tree:
+//! inodes are numbered in pre-order with the root last, directories whose listing spans more
+//! than one 8 KiB stretch get an extended inode with a lookup index, and files with all-zero
+//! (sparse) blocks keep basic inodes. Unlike mksquashfs' default, the tail end of every file,
+//! not only of files smaller than a block, is packed into a fragment.
 
 mod compression;
 mod data;
@@ -96,16 +103,22 @@ impl ImageOptions {
                 level,
                 reason: format!("expected {}..={}", range.start(), range.end()),
             }),
-            (Some(level), None) => {
-                Err(ImageError::InvalidLevel { compression: c, level, reason: format!("{c} has no compression levels") })
-            }
+            (Some(level), None) => Err(ImageError::InvalidLevel {
+                compression: c,
+                level,
+                reason: format!("{c} has no compression levels"),
+            }),
         }
     }
 }
 
 /// Writes `tree` as a squashfs image into `out`, from offset 0, and sets the file's length to
 /// the padded image size. The caller owns temp-file handling and the final rename.
-pub fn write_image(tree: &crate::tree::Tree, options: &ImageOptions, out: &mut std::fs::File) -> Result<ImageSummary, ImageError> {
+pub fn write_image(
+    tree: &crate::tree::Tree,
+    options: &ImageOptions,
+    out: &mut std::fs::File,
+) -> Result<ImageSummary, ImageError> {
     writer::write_image(tree, options, out)
 }
 
@@ -119,7 +132,15 @@ mod tests {
         assert_eq!(opts(Compression::Zstd, None).effective_level().unwrap(), Compression::Zstd.default_level());
         assert_eq!(opts(Compression::Xz, Some(0)).effective_level().unwrap(), 0);
         assert_eq!(opts(Compression::Zstd, Some(22)).effective_level().unwrap(), 22);
-        for (c, bad) in [(Compression::Zstd, 0), (Compression::Zstd, 23), (Compression::Gzip, 0), (Compression::Gzip, 10), (Compression::Xz, -1), (Compression::Xz, 10), (Compression::Lz4, 1)] {
+        for (c, bad) in [
+            (Compression::Zstd, 0),
+            (Compression::Zstd, 23),
+            (Compression::Gzip, 0),
+            (Compression::Gzip, 10),
+            (Compression::Xz, -1),
+            (Compression::Xz, 10),
+            (Compression::Lz4, 1),
+        ] {
             let err = opts(c, Some(bad)).effective_level().unwrap_err();
             assert!(matches!(err, ImageError::InvalidLevel { level, .. } if level == bad), "{c} {bad}");
             assert!(err.to_string().contains(c.as_str()), "{err}");

@@ -37,10 +37,16 @@ enum FlatKind<'t> {
 impl<'t> Flat<'t> {
     fn new(tree: &'t Tree) -> Result<Self, ImageError> {
         let mut flat = Flat { nodes: Vec::new(), sources: Vec::new() };
-        flat.nodes.push(FlatNode { name: "", kind: FlatKind::Dir { mode: tree.root().mode, parent: 0, children: Vec::new() } });
+        flat.nodes.push(FlatNode {
+            name: "",
+            kind: FlatKind::Dir { mode: tree.root().mode, parent: 0, children: Vec::new() },
+        });
         flat.visit(tree.root(), 0, "")?;
         if flat.nodes.len() >= u32::MAX as usize {
-            return Err(ImageError::TooLarge(format!("{} entries; squashfs numbers inodes with 32 bits", flat.nodes.len())));
+            return Err(ImageError::TooLarge(format!(
+                "{} entries; squashfs numbers inodes with 32 bits",
+                flat.nodes.len()
+            )));
         }
         Ok(flat)
     }
@@ -54,7 +60,10 @@ impl<'t> Flat<'t> {
             children.push(index);
             match node {
                 Node::Dir(d) => {
-                    self.nodes.push(FlatNode { name, kind: FlatKind::Dir { mode: d.mode, parent: me, children: Vec::new() } });
+                    self.nodes.push(FlatNode {
+                        name,
+                        kind: FlatKind::Dir { mode: d.mode, parent: me, children: Vec::new() },
+                    });
                     self.visit(d, index, &child_path)?;
                 }
                 Node::File(f) => {
@@ -97,7 +106,10 @@ fn check_target(target: &str) -> Result<(), String> {
         return Err(format!("invalid symlink target {target:?}"));
     }
     if target.len() > MAX_SYMLINK_TARGET {
-        return Err(format!("symlink target is {} bytes, the kernel follows at most {MAX_SYMLINK_TARGET}", target.len()));
+        return Err(format!(
+            "symlink target is {} bytes, the kernel follows at most {MAX_SYMLINK_TARGET}",
+            target.len()
+        ));
     }
     Ok(())
 }
@@ -125,8 +137,15 @@ impl Tables<'_, '_> {
         match &node.kind {
             FlatKind::File { mode, data } => {
                 let d = &self.data.files[*data];
-                FileInode { base: base(*mode), start: d.start, size: d.size, sparse: d.sparse, fragment: d.fragment, blocks: &d.blocks }
-                    .encode(&mut self.buf);
+                FileInode {
+                    base: base(*mode),
+                    start: d.start,
+                    size: d.size,
+                    sparse: d.sparse,
+                    fragment: d.fragment,
+                    blocks: &d.blocks,
+                }
+                .encode(&mut self.buf);
             }
             FlatKind::Symlink(target) => format::encode_symlink(&mut self.buf, base(0o777), target),
             FlatKind::Dir { mode, parent, children } => {
@@ -142,14 +161,20 @@ impl Tables<'_, '_> {
                         FlatKind::File { .. } => format::BASIC_FILE,
                         FlatKind::Symlink(_) => format::BASIC_SYMLINK,
                     };
-                    entries.push(DirEntry { name: flat.nodes[child].name, inode, number: flat.number(child), basic_type });
+                    entries.push(DirEntry {
+                        name: flat.nodes[child].name,
+                        inode,
+                        number: flat.number(child),
+                        basic_type,
+                    });
                 }
                 let (listing, listing_len, dir_index) = self.write_listing(&entries)?;
                 let file_size = u32::try_from(listing_len + 3)
                     .map_err(|_| ImageError::TooLarge("a directory listing exceeds 4 GiB".into()))?;
                 let parent = if index == 0 { flat.nodes.len() as u32 + 1 } else { flat.number(*parent) };
                 self.buf.clear();
-                DirInode { base: base(*mode), listing, file_size, nlink: 2 + subdirs, parent, index: dir_index }.encode(&mut self.buf);
+                DirInode { base: base(*mode), listing, file_size, nlink: 2 + subdirs, parent, index: dir_index }
+                    .encode(&mut self.buf);
             }
         }
         let pos = self.inodes.position();
@@ -159,23 +184,26 @@ impl Tables<'_, '_> {
     }
 
     /// Appends a directory listing; returns its start, its length and the lookup index an
-    /// extended directory inode carries (one entry per further table block a header starts in).
+    /// extended directory inode carries (the kernel starts name lookups from the last entry
+    /// not past the name, instead of from the first header).
     fn write_listing<'n>(&mut self, entries: &[DirEntry<'n>]) -> Result<(MetaPos, u64, Vec<DirIndex<'n>>), ImageError> {
         let start = self.dirs.position();
         check_table(start, "directory")?;
         let mut index = Vec::new();
-        let mut indexed_block = start.block;
         let mut len = 0u64;
         let mut buf = Vec::new();
         for run in format::header_runs(entries) {
             let at = self.dirs.position();
             check_table(at, "directory")?;
-            if at.block != indexed_block {
-                index.push(DirIndex { listing_offset: len as u32, block: at.block as u32, name: entries[run.start].name });
-                indexed_block = at.block;
+            if run.indexed {
+                index.push(DirIndex {
+                    listing_offset: len as u32,
+                    block: at.block as u32,
+                    name: entries[run.entries.start].name,
+                });
             }
             buf.clear();
-            format::encode_dir_run(&mut buf, &entries[run]);
+            format::encode_dir_run(&mut buf, &entries[run.entries]);
             self.dirs.write(&mut self.codec, &buf).map_err(|e| compress_error(&self.codec, e))?;
             len += buf.len() as u64;
         }
@@ -224,7 +252,11 @@ impl<W: Write> Out<W> {
 }
 
 pub(crate) fn write_image(tree: &Tree, options: &ImageOptions, file: &mut File) -> Result<ImageSummary, ImageError> {
-    let spec = CodecSpec { compression: options.compression, level: options.effective_level()?, block_size: options.block_size };
+    let spec = CodecSpec {
+        compression: options.compression,
+        level: options.effective_level()?,
+        block_size: options.block_size,
+    };
     let flat = Flat::new(tree)?;
     let codec = spec.build()?;
 
@@ -281,7 +313,8 @@ pub(crate) fn write_image(tree: &Tree, options: &ImageOptions, file: &mut File) 
     out.inner.flush().map_err(ImageError::Write)?;
     drop(out);
 
-    let fragments = u32::try_from(data.fragments.len()).map_err(|_| ImageError::TooLarge("more than 2^32 fragments".into()))?;
+    let fragments =
+        u32::try_from(data.fragments.len()).map_err(|_| ImageError::TooLarge("more than 2^32 fragments".into()))?;
     let superblock = Superblock {
         inode_count: flat.nodes.len() as u32,
         mtime: options.mtime,
@@ -302,5 +335,11 @@ pub(crate) fn write_image(tree: &Tree, options: &ImageOptions, file: &mut File) 
     file.write_all(&superblock.to_bytes()).map_err(ImageError::Write)?;
     file.set_len(image_size).map_err(ImageError::Write)?;
 
-    Ok(ImageSummary { bytes_used, image_size, inodes: superblock.inode_count, data_blocks: data.data_blocks, fragments })
+    Ok(ImageSummary {
+        bytes_used,
+        image_size,
+        inodes: superblock.inode_count,
+        data_blocks: data.data_blocks,
+        fragments,
+    })
 }

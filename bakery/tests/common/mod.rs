@@ -45,7 +45,18 @@ impl Work {
 /// The bakery binary with a clean environment.
 pub fn bakery() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bakery"));
-    for var in ["BAKERY_MIRROR", "BAKERY_CACHE", "BAKERY_RECIPES", "SOURCE_DATE_EPOCH", "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"] {
+    for var in [
+        "BAKERY_MIRROR",
+        "BAKERY_CACHE",
+        "BAKERY_RECIPES",
+        "SOURCE_DATE_EPOCH",
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
         cmd.env_remove(var);
     }
     cmd
