@@ -15,9 +15,10 @@ use serde::Serialize;
 use signing::Sha256Digest;
 
 use crate::fetch::{FetchOptions, Fetcher};
-use crate::image::{write_image, ImageOptions, ImageSummary};
+use crate::image::{write_image_with_progress, ImageOptions, ImageSummary};
 use crate::inspect::inspect;
 use crate::lint::{lint, LintError};
+use crate::progress::bytes_bar;
 use crate::recipe::Recipe;
 use crate::resolve::{resolve, InputsLock};
 use crate::stage::{finish, ships_units, stage};
@@ -111,7 +112,10 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
         .suffix(".tmp")
         .tempfile_in(&req.output_dir)
         .with_context(|| format!("creating a temporary file in {}", req.output_dir.display()))?;
-    let summary = write_image(&tree, &req.image, tmp.as_file_mut()).with_context(|| format!("writing {name}"))?;
+    let bar = bytes_bar("compressing", tree.data_bytes()?);
+    let written = write_image_with_progress(&tree, &req.image, tmp.as_file_mut(), &|n| bar.inc(n));
+    bar.finish_and_clear();
+    let summary = written.with_context(|| format!("writing {name}"))?;
     tmp.as_file_mut().flush()?;
     tmp.as_file().sync_all().with_context(|| format!("syncing {}", tmp.path().display()))?;
 

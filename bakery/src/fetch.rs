@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use signing::{HashingWriter, Sha256Digest};
 
 /// Metadata files (checksums, pins) are tiny; refuse anything that is obviously not one.
@@ -184,6 +184,28 @@ impl Sink for Vec<u8> {
     }
 }
 
+/// A download into a file, hashed on the way; a retry truncates the file and starts a fresh
+/// hash, so the digest always covers exactly the bytes of the last attempt.
+struct HashedFile(HashingWriter<std::fs::File>);
+
+impl Write for HashedFile {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Sink for HashedFile {
+    fn restart(&mut self) -> io::Result<()> {
+        let mut file = self.0.get_ref().try_clone()?;
+        file.restart()?;
+        self.0 = HashingWriter::new(file);
+        Ok(())
+    }
+}
+
 impl Sink for std::fs::File {
     fn restart(&mut self) -> io::Result<()> {
         use std::io::Seek;
@@ -263,11 +285,7 @@ impl Fetcher {
 
     fn bar(&self, label: &str, len: Option<u64>) -> ProgressBar {
         let bar = self.progress.add(ProgressBar::no_length());
-        bar.set_style(
-            ProgressStyle::with_template("{prefix:>14} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
+        bar.set_style(crate::progress::byte_style());
         bar.set_prefix(label.to_owned());
         if let Some(len) = len {
             bar.set_length(len);
@@ -409,27 +427,10 @@ impl Fetcher {
         let url = self.effective_url(upstream);
         let dir = dest.parent().expect("cache paths have a parent");
         let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| FetchError::io(dir, e))?;
-        let mut writer = HashingWriter::new(tmp.as_file().try_clone().map_err(|e| FetchError::io(tmp.path(), e))?);
-        // The hashing writer cannot rewind, so a retry restarts with a fresh hasher.
-        struct Restartable<'a>(&'a mut HashingWriter<std::fs::File>);
-        impl Write for Restartable<'_> {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.write(b)
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                self.0.flush()
-            }
-        }
-        impl Sink for Restartable<'_> {
-            fn restart(&mut self) -> io::Result<()> {
-                let mut file = self.0.get_ref().try_clone()?;
-                file.restart()?;
-                *self.0 = HashingWriter::new(file);
-                Ok(())
-            }
-        }
-        self.with_retries(&url, label, None, &mut Restartable(&mut writer))?;
-        let (actual, file) = writer.finish();
+        let file = tmp.as_file().try_clone().map_err(|e| FetchError::io(tmp.path(), e))?;
+        let mut sink = HashedFile(HashingWriter::new(file));
+        self.with_retries(&url, label, None, &mut sink)?;
+        let (actual, file) = sink.0.finish();
         if actual != *expected {
             return Err(FetchError::DigestMismatch {
                 url,

@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod image;
 pub mod inspect;
 pub mod lint;
+pub mod progress;
 pub mod recipe;
 pub mod resolve;
 pub mod stage;

@@ -104,12 +104,13 @@ fn check_link(member: &str, target: &str, hard: bool, url: &str) -> Result<()> {
     Ok(())
 }
 
-fn selected<'r>(rules: &'r [InstallRule], member: &str) -> Vec<&'r InstallRule> {
-    rules
-        .iter()
-        .filter(|r| {
-            let pattern = r.member.as_deref().unwrap_or_default();
-            wildcard_match(pattern, member) && !r.exclude.iter().any(|x| wildcard_match(x, member))
+/// Indices of the install rules that select `member`.
+fn selected(rules: &[InstallRule], member: &str) -> Vec<usize> {
+    (0..rules.len())
+        .filter(|&i| {
+            let r = &rules[i];
+            wildcard_match(r.member.as_deref().unwrap_or_default(), member)
+                && !r.exclude.iter().any(|x| wildcard_match(x, member))
         })
         .collect()
 }
@@ -158,8 +159,8 @@ fn unpack_tar_gz(tree: &mut Tree, f: &Fetched, scratch: &Path) -> Result<()> {
         let mut out = fs_err::File::create(&dest_file)?;
         io::copy(&mut entry, &mut out).with_context(|| format!("extracting '{name}' from {url}"))?;
         let base = name.rsplit('/').next().unwrap_or(&name);
-        for rule in chosen {
-            let i = rules.iter().position(|r| std::ptr::eq(r, rule)).expect("rule from this list");
+        for i in chosen {
+            let rule = &rules[i];
             used[i] = true;
             let to = if rule.to.ends_with('/') { format!("{}{base}", rule.to) } else { rule.to.clone() };
             tree.add_file(&to, rule.mode.0, FileSource::Path(dest_file.clone()))

@@ -184,6 +184,20 @@ impl Tree {
         dir.entries.get(*last)
     }
 
+    /// Total size of all regular files' contents (for progress reporting).
+    pub fn data_bytes(&self) -> std::io::Result<u64> {
+        let mut total = 0;
+        for (_, node) in self.walk() {
+            if let Node::File(f) = node {
+                total += match &f.source {
+                    FileSource::Bytes(b) => b.len() as u64,
+                    FileSource::Path(p) => fs_err::metadata(p)?.len(),
+                };
+            }
+        }
+        Ok(total)
+    }
+
     /// Every entry below the root in depth-first, name-sorted order, with its absolute path.
     pub fn walk(&self) -> Vec<(String, &Node)> {
         fn visit<'t>(dir: &'t Dir, prefix: &str, out: &mut Vec<(String, &'t Node)>) {

@@ -95,18 +95,7 @@ impl FromStr for Arch {
     }
 }
 
-impl serde::Serialize for Arch {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Arch {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_str!(Arch);
 
 #[cfg(test)]
 mod tests {
@@ -127,6 +116,13 @@ mod tests {
         assert!(err.contains("did you mean arm64?"), "{err}");
         let err = "sparc".parse::<Arch>().unwrap_err().to_string();
         assert_eq!(err, "unknown architecture 'sparc': expected one of x86-64, arm64 (systemd's names)");
+    }
+
+    #[test]
+    fn serde_uses_systemd_names() {
+        assert_eq!(serde_json::to_string(&Arch::X86_64).unwrap(), "\"x86-64\"");
+        assert_eq!(serde_json::from_str::<Arch>("\"arm64\"").unwrap(), Arch::Arm64);
+        assert!(serde_json::from_str::<Arch>("\"amd64\"").is_err());
     }
 
     #[test]

@@ -6,6 +6,26 @@
 //! would silently skip at boot must be rejected when the image is built.
 #![warn(missing_docs)]
 
+/// Serialises a type as its `Display` string and deserialises it through `FromStr`, so JSON,
+/// TOML and the command line all carry the same validated spelling.
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_via_str;
+
 mod arch;
 pub mod extension_release;
 mod image_name;

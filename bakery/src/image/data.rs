@@ -108,6 +108,7 @@ pub(crate) fn write_data<W: Write>(
     threads: usize,
     out: &mut W,
     pos: &mut u64,
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<DataSection, ImageError> {
     // Enough jobs in flight to keep every worker busy while the writer waits for the oldest.
     let credits_count = threads * 3 + 1;
@@ -119,7 +120,7 @@ pub(crate) fn write_data<W: Write>(
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Result<Done, ImageError>>();
 
     std::thread::scope(|scope| {
-        let reader = scope.spawn(move || read_all(sources, spec.block_size, job_tx, credit_rx));
+        let reader = scope.spawn(move || read_all(sources, spec.block_size, job_tx, credit_rx, progress));
         for _ in 0..threads {
             let jobs = job_rx.clone();
             let done = done_tx.clone();
@@ -147,6 +148,7 @@ fn read_all(
     block_size: BlockSize,
     jobs: Sender<Job>,
     credits: Receiver<()>,
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Placement>, Option<ImageError>> {
     let bs = block_size.get() as usize;
     let mut seq = 0u64;
@@ -176,6 +178,7 @@ fn read_all(
             let mut block = Vec::with_capacity(bs);
             input.fill(&mut block, bs).map_err(read_error)?;
             size += block.len() as u64;
+            progress(block.len() as u64);
             if block.len() < bs {
                 break block;
             }

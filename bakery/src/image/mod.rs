@@ -119,7 +119,18 @@ pub fn write_image(
     options: &ImageOptions,
     out: &mut std::fs::File,
 ) -> Result<ImageSummary, ImageError> {
-    writer::write_image(tree, options, out)
+    writer::write_image(tree, options, out, &|_| {})
+}
+
+/// [`write_image`], calling `progress` with the number of input bytes each time a block of
+/// file data has been read (from the reader thread; the sum reaches the total file size).
+pub fn write_image_with_progress(
+    tree: &crate::tree::Tree,
+    options: &ImageOptions,
+    out: &mut std::fs::File,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ImageSummary, ImageError> {
+    writer::write_image(tree, options, out, progress)
 }
 
 #[cfg(test)]

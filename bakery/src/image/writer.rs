@@ -251,7 +251,12 @@ impl<W: Write> Out<W> {
     }
 }
 
-pub(crate) fn write_image(tree: &Tree, options: &ImageOptions, file: &mut File) -> Result<ImageSummary, ImageError> {
+pub(crate) fn write_image(
+    tree: &Tree,
+    options: &ImageOptions,
+    file: &mut File,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ImageSummary, ImageError> {
     let spec = CodecSpec {
         compression: options.compression,
         level: options.effective_level()?,
@@ -272,7 +277,7 @@ pub(crate) fn write_image(tree: &Tree, options: &ImageOptions, file: &mut File) 
         flags |= format::FLAG_COMPRESSOR_OPTIONS;
     }
 
-    let data = data::write_data(&flat.sources, spec, options.threads.get(), &mut out.inner, &mut out.pos)?;
+    let data = data::write_data(&flat.sources, spec, options.threads.get(), &mut out.inner, &mut out.pos, progress)?;
 
     let mut tables = Tables {
         flat: &flat,
