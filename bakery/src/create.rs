@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use release_index::extension_release::{ExtensionRelease, OsTarget};
 use release_index::{Arch, ImageName, Version};
 use serde::Serialize;
-use signing::Sha256Digest;
+use signing::{PrivateKey, Sha256Digest};
 
 use crate::fetch::{FetchOptions, Fetcher};
 use crate::image::{write_image_with_progress, ImageOptions, ImageSummary};
@@ -24,7 +24,7 @@ use crate::resolve::{resolve, InputsLock};
 use crate::stage::{finish, ships_units, stage};
 
 /// A validated build request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CreateRequest {
     /// The recipe.
     pub recipe: Recipe,
@@ -42,6 +42,8 @@ pub struct CreateRequest {
     pub force: bool,
     /// Download settings.
     pub fetch: FetchOptions,
+    /// Sign the image with this key.
+    pub key: Option<PrivateKey>,
 }
 
 /// The result of a build.
@@ -65,6 +67,9 @@ pub struct Created {
     pub extension_release: ExtensionRelease,
     /// Upstream inputs.
     pub inputs: InputsLock,
+    /// The key id that signed `<file>.sig`, if signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     /// Writer statistics.
     #[serde(skip)]
     pub summary: ImageSummary,
@@ -135,13 +140,37 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
     );
 
     fs_err::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
-    if req.force {
-        tmp.persist(&dest).map_err(|e| e.error).with_context(|| format!("renaming into {}", dest.display()))?;
-    } else {
-        tmp.persist_noclobber(&dest)
-            .map_err(|e| e.error)
-            .with_context(|| format!("renaming into {}", dest.display()))?;
-    }
+    // The signature covers the verified bytes and is staged before the image gets its name.
+    let signature = match &req.key {
+        Some(key) => {
+            let mut sig_tmp = tempfile::NamedTempFile::new_in(&req.output_dir)?;
+            sig_tmp.write_all(&key.sign(&fs_err::read(tmp.path())?))?;
+            sig_tmp.as_file().sync_all()?;
+            fs_err::set_permissions(sig_tmp.path(), std::fs::Permissions::from_mode(0o644))?;
+            Some((sig_tmp, key.key_id().to_string()))
+        }
+        None => None,
+    };
+    let renamed = if req.force { tmp.persist(&dest) } else { tmp.persist_noclobber(&dest) };
+    renamed.map_err(|e| e.error).with_context(|| format!("renaming into {}", dest.display()))?;
+    let signed_by = match signature {
+        Some((sig_tmp, key_id)) => {
+            let sig_path = signing::signature_path(&dest);
+            if let Err(e) = sig_tmp.persist(&sig_path) {
+                // Never leave a new image next to a missing or stale signature.
+                let _ = fs_err::remove_file(&dest);
+                return Err(e.error).with_context(|| format!("writing {}", sig_path.display()));
+            }
+            Some(key_id)
+        }
+        None => {
+            // A signature of the image this build replaced would not match it.
+            match fs_err::remove_file(signing::signature_path(&dest)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => None,
+            }
+        }
+    };
     // The rename is only durable once the directory entry is.
     fs_err::File::open(&req.output_dir)?.sync_all()?;
 
@@ -155,6 +184,7 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
         arch: req.arch,
         extension_release: release,
         inputs: lock,
+        signed_by,
         summary,
     })
 }

@@ -533,3 +533,80 @@ fn inspect_reports_release_files_and_refuses_non_images() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not a readable squashfs image"), "{}", stderr(&o));
 }
+
+#[test]
+fn keygen_sign_and_verify() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let work = Work::new();
+    let keys = work.dir.path().join("keys");
+    let o = bakery().args(["keygen", "--out"]).arg(&keys).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let key_id = stdout(&o).trim().to_owned();
+    assert_eq!(key_id.len(), 16, "{key_id}");
+    let o = bakery().args(["keygen", "--out"]).arg(&keys).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists; refusing to overwrite a key"), "{}", stderr(&o));
+
+    let (private, public) = (keys.join("private.pem"), keys.join("public.pem"));
+    let o = create(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &["--key", private.to_str().unwrap(), "--json"]);
+    let result = json(&o);
+    assert_eq!(result["signed_by"], key_id.as_str());
+    let image = work.out().join("cni-v1.6.2-x86-64.raw");
+    let mut outputs = work.outputs();
+    outputs.sort();
+    assert_eq!(outputs, ["cni-v1.6.2-x86-64.raw", "cni-v1.6.2-x86-64.raw.sig"]);
+
+    let verify = |file: &std::path::Path, key: &std::path::Path| {
+        bakery().arg("verify").arg(file).arg("--pubkey").arg(key).output().unwrap()
+    };
+    let o = verify(&image, &public);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&format!("good signature from key {key_id}")), "{}", stdout(&o));
+    if have("openssl") {
+        let o = Command::new("openssl")
+            .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+            .arg(&public)
+            .arg("-rawin")
+            .arg("-in")
+            .arg(&image)
+            .arg("-sigfile")
+            .arg(work.out().join("cni-v1.6.2-x86-64.raw.sig"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "openssl: {}", stderr(&o));
+    }
+
+    // Another key, and a flipped bit, are both refused with the reason.
+    let other = work.dir.path().join("other");
+    assert!(bakery().args(["keygen", "--out"]).arg(&other).output().unwrap().status.success());
+    let o = verify(&image, &other.join("public.pem"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("signature does not verify with key"), "{}", stderr(&o));
+    let mut bytes = std::fs::read(&image).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&image, bytes).unwrap();
+    let o = verify(&image, &public);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("modified after signing"), "{}", stderr(&o));
+
+    // `sign` signs any file; rebuilding with --force and no key drops the stale signature.
+    let o = bakery().arg("sign").arg(&image).arg("--key").arg(&private).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(verify(&image, &public).status.success());
+    created(&create(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &["--force"]));
+    assert_eq!(work.outputs(), ["cni-v1.6.2-x86-64.raw"]);
+}
+
+#[test]
+fn a_bad_key_fails_before_any_download() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let work = Work::new();
+    let bogus = work.dir.path().join("bogus.pem");
+    std::fs::write(&bogus, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+    let o = create(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &["--key", bogus.to_str().unwrap()]);
+    assert_fails(&work, &o, &["bogus.pem: not an Ed25519 private key (PKCS#8)"]);
+    assert_eq!(server.total_hits(), 0);
+}

@@ -7,6 +7,8 @@
 
 mod digest;
 mod hashing;
+mod keys;
 
 pub use digest::{DigestParseError, Sha256Digest};
 pub use hashing::{HashingReader, HashingWriter};
+pub use keys::{keygen, signature_path, KeyError, KeyId, PrivateKey, PublicKey, VerifyError};
