@@ -30,6 +30,9 @@ mod arch;
 pub mod extension_release;
 mod image_name;
 mod name;
+pub mod sha256sums;
+pub mod transfer;
+pub mod uapi_version;
 mod version;
 
 pub use arch::{Arch, ArchParseError};

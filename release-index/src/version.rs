@@ -32,6 +32,20 @@ impl Version {
     }
 }
 
+/// Ordered as systemd-sysupdate orders `@v` ([`crate::uapi_version::compare`]); versions
+/// systemd considers equal (`1.01`, `1.1`) fall back to byte order, so `Ord` agrees with `Eq`.
+impl Ord for Version {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        crate::uapi_version::compare(&self.0, &other.0).then_with(|| self.0.cmp(&other.0))
+    }
+}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -70,6 +84,15 @@ mod tests {
         for v in ["v1.31.3", "2.0.4", "v1.6.2", "v1.32.2+k3s1", "2024.10.1"] {
             assert_eq!(v.parse::<Version>().unwrap().to_string(), v);
         }
+    }
+
+    #[test]
+    fn orders_like_sysupdate() {
+        let mut v: Vec<Version> =
+            ["v1.31.10", "v1.31.2", "v1.30.14", "v1.31.3"].iter().map(|s| s.parse().unwrap()).collect();
+        v.sort();
+        let sorted: Vec<&str> = v.iter().map(Version::as_str).collect();
+        assert_eq!(sorted, ["v1.30.14", "v1.31.2", "v1.31.3", "v1.31.10"]);
     }
 
     #[test]
