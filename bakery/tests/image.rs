@@ -247,7 +247,7 @@ fn have(tool: &str) -> bool {
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
         .unwrap_or(false);
     if !found {
-        eprintln!("SKIPPED: `{tool}` is not installed; this check did not run");
+        sysext_tests::skip(&format!("`{tool}` is not installed; this check did not run"));
     }
     found
 }
@@ -658,7 +658,7 @@ fn is_root() -> bool {
 /// loud SKIPPED line where that is impossible.
 fn with_kernel_mount(img: &Path, check: impl FnOnce(&Path)) {
     if !is_root() || !Path::new("/dev/loop-control").exists() || !have("mount") || !have("losetup") {
-        eprintln!("SKIPPED: kernel mount of {} needs root and /dev/loop-control", img.display());
+        sysext_tests::skip(&format!("kernel mount of {} needs root and /dev/loop-control", img.display()));
         return;
     }
     let mnt = tempfile::tempdir().unwrap();

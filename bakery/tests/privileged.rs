@@ -69,7 +69,7 @@ fn merged_checks(arch: Arch) -> String {
 fn host_arch() -> Option<Arch> {
     let arch = Arch::host();
     if arch.is_none() {
-        eprintln!("SKIPPED: host architecture is not x86-64 or arm64");
+        sysext_tests::skip("host architecture is not x86-64 or arm64");
     }
     arch
 }

@@ -168,7 +168,7 @@ mod tests {
     #[test]
     fn x86_64_runs_and_prints_exactly_the_message() {
         if std::env::consts::ARCH != "x86_64" {
-            eprintln!("SKIPPED (host is not x86-64): x86_64_runs_and_prints_exactly_the_message");
+            crate::skip("host is not x86-64: x86_64_runs_and_prints_exactly_the_message");
             return;
         }
         for message in ["kubelet v1.31.3 linux/amd64\n", "", "no newline", "ünïcödé ✓\n"] {
@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn readelf_reports_the_machine() {
         if Command::new("readelf").arg("--version").output().is_err() {
-            eprintln!("SKIPPED (readelf missing): readelf_reports_the_machine");
+            crate::skip("readelf is missing: readelf_reports_the_machine");
             return;
         }
         for (arch, expected) in [(Arch::X86_64, "Advanced Micro Devices X86-64"), (Arch::Arm64, "AArch64")] {

@@ -22,9 +22,19 @@ pub use server::{FixtureServer, Response};
 pub use tarball::{EntryType, TarGz};
 pub use upstream::FakeUpstream;
 
-/// Environment variable that turns [`require_root!`] skips into failures, for CI jobs that are
-/// meant to run the privileged tests and must not pass by skipping them all.
-pub const REQUIRE_ROOT_ENV: &str = "SYSEXT_TESTS_REQUIRE_ROOT";
+/// Environment variable that turns every skip (missing root, missing tool) into a failure, for
+/// CI, which installs every tool and runs as root: there a skip means a check silently did not
+/// run.
+pub const NO_SKIP_ENV: &str = "SYSEXT_TESTS_NO_SKIP";
+
+/// Reports that a check cannot run here: prints `SKIPPED: <what>` to stderr, or panics when
+/// [`NO_SKIP_ENV`] is set.
+pub fn skip(what: &str) {
+    if std::env::var_os(NO_SKIP_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{what}, and {NO_SKIP_ENV} forbids skipping it");
+    }
+    eprintln!("SKIPPED: {what}");
+}
 
 /// Whether this process runs with effective UID 0.
 ///
@@ -46,16 +56,13 @@ pub fn __root_or_skip(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    if std::env::var_os(REQUIRE_ROOT_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
-        panic!("{test} needs root, and {REQUIRE_ROOT_ENV} forbids skipping it");
-    }
-    eprintln!("SKIPPED (needs root): {test}");
+    skip(&format!("{test} needs root"));
     false
 }
 
 /// Returns from the current test unless running as root, after printing
-/// `SKIPPED (needs root): <path::to::test>` to stderr (cargo shows it with `--nocapture`, and
-/// it is grep-able in CI logs). With [`REQUIRE_ROOT_ENV`] set, it fails instead of skipping.
+/// `SKIPPED: <path::to::test> needs root` to stderr (cargo shows it with `--nocapture`, and
+/// it is grep-able in CI logs). With [`NO_SKIP_ENV`] set, it fails instead of skipping.
 ///
 /// For tests returning a value, pass it: `require_root!(Ok(()))`.
 ///
@@ -109,7 +116,7 @@ mod tests {
             require_root!(Ok(false));
             Ok(true)
         }
-        if std::env::var_os(REQUIRE_ROOT_ENV).is_none() {
+        if std::env::var_os(NO_SKIP_ENV).is_none() {
             assert_eq!(guarded(), Ok(is_root()));
         }
     }

@@ -281,7 +281,7 @@ mod tests {
     fn hostile_names_survive_verbatim_in_gnu_tar() {
         // -P: GNU tar strips a leading '/' from listed names unless told not to.
         let Some(listing) = gnu_tar_list(&hostile().build(), &["-P"]) else {
-            eprintln!("SKIPPED (GNU tar missing): hostile_names_survive_verbatim_in_gnu_tar");
+            crate::skip("GNU tar is missing: hostile_names_survive_verbatim_in_gnu_tar");
             return;
         };
         let names: Vec<&str> = listing.lines().map(|l| l.split_whitespace().nth(5).unwrap()).collect();

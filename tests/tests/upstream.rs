@@ -182,7 +182,7 @@ fn gnu_tar_lists_the_served_tarballs() {
     let file = dir.path().join("c.tgz");
     std::fs::write(&file, up.bytes(&upstream::containerd_tarball_path("2.0.4", Arch::Arm64))).unwrap();
     let Ok(out) = std::process::Command::new("tar").arg("-tzvf").arg(&file).output() else {
-        eprintln!("SKIPPED (GNU tar missing): gnu_tar_lists_the_served_tarballs");
+        sysext_tests::skip("GNU tar is missing: gnu_tar_lists_the_served_tarballs");
         return;
     };
     assert!(out.status.success());

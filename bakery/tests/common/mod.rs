@@ -96,7 +96,7 @@ pub fn sha256(path: &Path) -> String {
 pub fn have(tool: &str) -> bool {
     let ok = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIPPED: {tool} is not installed");
+        sysext_tests::skip(&format!("{tool} is not installed"));
     }
     ok
 }
