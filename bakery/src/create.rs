@@ -140,28 +140,16 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
     );
 
     fs_err::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
-    // The signature covers the verified bytes and is staged before the image gets its name.
-    let signature = match &req.key {
-        Some(key) => {
-            let mut sig_tmp = tempfile::NamedTempFile::new_in(&req.output_dir)?;
-            sig_tmp.write_all(&key.sign(&fs_err::read(tmp.path())?))?;
-            sig_tmp.as_file().sync_all()?;
-            fs_err::set_permissions(sig_tmp.path(), std::fs::Permissions::from_mode(0o644))?;
-            Some((sig_tmp, key.key_id().to_string()))
-        }
-        None => None,
-    };
     let renamed = if req.force { tmp.persist(&dest) } else { tmp.persist_noclobber(&dest) };
     renamed.map_err(|e| e.error).with_context(|| format!("renaming into {}", dest.display()))?;
-    let signed_by = match signature {
-        Some((sig_tmp, key_id)) => {
-            let sig_path = signing::signature_path(&dest);
-            if let Err(e) = sig_tmp.persist(&sig_path) {
+    let signed_by = match &req.key {
+        Some(key) => {
+            if let Err(e) = key.sign_file(&dest) {
                 // Never leave a new image next to a missing or stale signature.
                 let _ = fs_err::remove_file(&dest);
-                return Err(e.error).with_context(|| format!("writing {}", sig_path.display()));
+                return Err(e).with_context(|| format!("signing {}", dest.display()));
             }
-            Some(key_id)
+            Some(key.key_id().to_string())
         }
         None => {
             // A signature of the image this build replaced would not match it.
