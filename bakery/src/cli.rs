@@ -10,6 +10,11 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use release_index::extension_release::OsTarget;
+use release_index::index::BaseUrl;
+use release_index::publish::{publish, PublishOptions};
+use release_index::source::ReleaseSource;
+use release_index::timestamp::Timestamp;
+use release_index::verify::{verify_release, VerifyOptions};
 use release_index::Arch;
 use serde::Serialize;
 
@@ -41,6 +46,58 @@ enum Command {
     Keygen(KeygenArgs),
     Sign(SignArgs),
     Verify(VerifyArgs),
+    Publish(PublishArgs),
+    VerifyRelease(VerifyReleaseArgs),
+}
+
+/// Add images to a signed release directory that systemd-sysupdate and composer consume.
+///
+/// Writes Flatcar's sysext-bakery layout (images and .sig, SHA256SUMS and <ext>/SHA256SUMS
+/// with signatures, <ext>/<ext>.conf and per-minor transfer files in .conf and .transfer
+/// form, noop.conf) plus index.json and index.json.sig. The directory is a symlink to a
+/// complete generation, swapped in one rename: if anything fails, the previous release stays
+/// in place, valid. Without IMAGEs, re-signs the current release with a new expiry.
+#[derive(Debug, Args)]
+struct PublishArgs {
+    /// Images to add, named <EXTENSION>-<VERSION>-<ARCH>.raw.
+    images: Vec<PathBuf>,
+    /// Release directory (created on the first publish).
+    #[arg(long, value_name = "DIR")]
+    to: PathBuf,
+    /// Release signing key (PKCS#8 PEM); must be the key that signed the current release.
+    #[arg(long, value_name = "KEY")]
+    key: PathBuf,
+    /// http(s) URL the release directory is served from; required on the first publish,
+    /// remembered in index.json after. Transfer files point into it.
+    #[arg(long, value_name = "URL")]
+    base_url: Option<BaseUrl>,
+    /// How long the index stays valid; nodes refuse it afterwards. E.g. 30d, 12h, 2w.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = release_index::timestamp::parse_duration)]
+    expires: Duration,
+    /// Generations to keep in <DIR>.generations, the new one included.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..))]
+    keep: u16,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Check a release directory or URL: signatures, digests, serial and expiry, SHA256SUMS and
+/// transfer files against the index, missing and unlisted files. Reports every problem and
+/// exits non-zero if there is any.
+#[derive(Debug, Args)]
+struct VerifyReleaseArgs {
+    /// Release directory, file:// URL or http(s):// URL.
+    source: ReleaseSource,
+    /// The release's public key (SPKI PEM).
+    #[arg(long, value_name = "PUB")]
+    pubkey: PathBuf,
+    /// Also refuse an index whose serial is lower than this (the last one you accepted).
+    #[arg(long, value_name = "N")]
+    min_serial: Option<u64>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Generate an Ed25519 signing key pair.
@@ -299,6 +356,8 @@ fn run(cli: Cli) -> Result<()> {
             key.verify_file(&args.file)?;
             println!("{}: good signature from key {}", args.file.display(), key.key_id());
         }
+        Command::Publish(args) => run_publish(args)?,
+        Command::VerifyRelease(args) => run_verify_release(args)?,
         Command::Inspect(args) => {
             let report = inspect(&args.image).with_context(|| format!("inspecting {}", args.image.display()))?;
             if args.json {
@@ -309,6 +368,89 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn run_publish(args: PublishArgs) -> Result<()> {
+    let key = PrivateKey::read_pem(&args.key)?;
+    let images = args.images.iter().map(|p| crate::release::new_image(p)).collect::<Result<Vec<_>>>()?;
+    let opts = PublishOptions {
+        release_dir: &args.to,
+        key: &key,
+        base_url: args.base_url,
+        valid_for: args.expires,
+        now: Timestamp::now(),
+        keep_generations: usize::from(args.keep),
+        fail_after: None,
+    };
+    let published = publish(&images, &opts).with_context(|| format!("publishing to {}", args.to.display()))?;
+    let index = &published.index;
+    if args.json {
+        #[derive(Serialize)]
+        #[serde(rename_all = "kebab-case")]
+        struct Out<'a> {
+            release: &'a std::path::Path,
+            generation: &'a std::path::Path,
+            serial: u64,
+            expires: Timestamp,
+            key_id: String,
+            added: Vec<String>,
+            unchanged: Vec<String>,
+        }
+        print_json(&Out {
+            release: &args.to,
+            generation: &published.generation,
+            serial: index.serial,
+            expires: index.expires,
+            key_id: index.key_id.to_string(),
+            added: published.added.iter().map(ToString::to_string).collect(),
+            unchanged: published.unchanged.iter().map(ToString::to_string).collect(),
+        })?;
+    } else {
+        for name in &published.added {
+            eprintln!("added     {name}");
+        }
+        for name in &published.unchanged {
+            eprintln!("unchanged {name} (already published, identical)");
+        }
+        eprintln!("published serial {} with key {}, valid until {}", index.serial, index.key_id, index.expires);
+        println!("{}", args.to.display());
+    }
+    Ok(())
+}
+
+fn run_verify_release(args: VerifyReleaseArgs) -> Result<()> {
+    let key = PublicKey::read_pem(&args.pubkey)?;
+    let inspect =
+        |path: &std::path::Path, name: &release_index::ExtensionName| crate::release::extension_release(path, name);
+    let opts =
+        VerifyOptions { pubkey: &key, now: Timestamp::now(), min_serial: args.min_serial, inspect: Some(&inspect) };
+    let report = verify_release(&args.source, &opts);
+    if args.json {
+        print_json(&report)?;
+    } else {
+        for p in &report.problems {
+            println!("FAIL {}: {}", p.path, p.message);
+        }
+        if !report.unlisted_checked {
+            eprintln!("note: {} is not a directory; files the index does not list cannot be looked for", report.source);
+        }
+    }
+    let serial = report.serial.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+    match report.problems.len() {
+        0 => {
+            if !args.json {
+                println!(
+                    "{}: OK, serial {serial}, {} files checked, key {}, valid until {}",
+                    report.source,
+                    report.files_checked,
+                    report.key_id,
+                    report.expires.map(|e| e.to_string()).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        n => Err(anyhow!("{}: {n} problem{} found (serial {serial})", report.source, if n == 1 { "" } else { "s" })),
+    }
 }
 
 /// Parses `args` (including the program name), runs the command, prints any error with its

@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod lint;
 pub mod progress;
 pub mod recipe;
+pub mod release;
 pub mod resolve;
 pub mod stage;
 pub mod tree;

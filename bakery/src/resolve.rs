@@ -5,58 +5,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
-use release_index::{Arch, ExtensionName, Version};
-use serde::Serialize;
-use signing::Sha256Digest;
+pub use release_index::inputs::{Input, InputKind, InputsLock};
+use release_index::{Arch, Version};
 
 use crate::fetch::{parse_checksum_file, parse_variable, Fetcher};
 use crate::recipe::{render, Artifact, Recipe};
-
-/// What an upstream URL was used for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InputKind {
-    /// A file that ends up in the image.
-    Artifact,
-    /// A published checksum an artifact was verified against.
-    Checksum,
-    /// A value substituted into other URLs.
-    Variable,
-}
-
-/// One upstream input and the digest of what was used.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Input {
-    /// Role.
-    pub kind: InputKind,
-    /// Recipe name of the artifact or variable.
-    pub name: String,
-    /// Canonical upstream URL (never the mirror's, so the lock is the same from any mirror).
-    pub url: String,
-    /// sha256 of the bytes used.
-    pub sha256: Sha256Digest,
-    /// For artifacts: the checksum URL (or "pinned in recipe") that vouched for them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verified_by: Option<String>,
-    /// For variables: the value read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-}
-
-/// `/usr/share/sysext/<ext>/inputs.json`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct InputsLock {
-    /// Extension name.
-    pub extension: ExtensionName,
-    /// Version built.
-    pub version: Version,
-    /// Architecture built.
-    pub arch: Arch,
-    /// Every upstream URL used, in recipe order.
-    pub inputs: Vec<Input>,
-}
 
 /// A verified artifact in the cache.
 #[derive(Clone, Debug)]

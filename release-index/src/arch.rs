@@ -96,6 +96,7 @@ impl FromStr for Arch {
 }
 
 crate::serde_via_str!(Arch);
+crate::string_schema!(Arch, "Arch", "Architecture as systemd names it (ARCHITECTURE=, %a).", "^(x86-64|arm64)$");
 
 #[cfg(test)]
 mod tests {

@@ -90,7 +90,7 @@ impl fmt::Display for OsTarget {
 }
 
 /// The contents of an extension-release file: ordered `KEY=value` fields.
-#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct ExtensionRelease {
     fields: BTreeMap<String, String>,

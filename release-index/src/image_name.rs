@@ -8,7 +8,7 @@ use crate::{Arch, ExtensionName, Version};
 ///
 /// This is the layout Flatcar's sysext-bakery and sysupdate patterns (`<name>-@v-%a.raw`)
 /// expect, e.g. `kubernetes-v1.31.3-x86-64.raw`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageName {
     /// Extension name.
     pub name: ExtensionName,
@@ -61,6 +61,14 @@ impl FromStr for ImageName {
         Ok(Self { name, version, arch })
     }
 }
+
+crate::serde_via_str!(ImageName);
+crate::string_schema!(
+    ImageName,
+    "ImageName",
+    "Image file name: NAME-VERSION-ARCH.raw.",
+    "^[a-z][a-z0-9_-]*-v?[0-9][A-Za-z0-9._+]*-(x86-64|arm64)[.]raw$"
+);
 
 #[cfg(test)]
 mod tests {

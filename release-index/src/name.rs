@@ -34,6 +34,13 @@ impl ExtensionName {
     }
 }
 
+/// Lets maps keyed by name be indexed with a plain `&str`.
+impl std::borrow::Borrow<str> for ExtensionName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ExtensionName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -65,6 +72,12 @@ impl FromStr for ExtensionName {
 }
 
 crate::serde_via_str!(ExtensionName);
+crate::string_schema!(
+    ExtensionName,
+    "ExtensionName",
+    "Extension name: extension-release.NAME and /etc/extensions/NAME.raw.",
+    "^[a-z][a-z0-9_-]{0,63}$"
+);
 
 #[cfg(test)]
 mod tests {

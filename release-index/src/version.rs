@@ -74,6 +74,12 @@ impl FromStr for Version {
 }
 
 crate::serde_via_str!(Version);
+crate::string_schema!(
+    Version,
+    "Version",
+    "Image version as systemd-sysupdate sees @v: upstream tag form, never '-'.",
+    "^v?[0-9][A-Za-z0-9._+]{0,63}$"
+);
 
 #[cfg(test)]
 mod tests {

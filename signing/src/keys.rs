@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::Sha256Digest;
 
@@ -91,6 +91,37 @@ pub struct KeyId([u8; 8]);
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// Why a string is not a key id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("expected a key id of 16 lowercase hex characters, got {0:?}")]
+pub struct KeyIdParseError(String);
+
+impl std::str::FromStr for KeyId {
+    type Err = KeyIdParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut id = [0u8; 8];
+        if s.len() != 16 || s.bytes().any(|c| c.is_ascii_uppercase()) {
+            return Err(KeyIdParseError(s.to_owned()));
+        }
+        hex::decode_to_slice(s, &mut id).map_err(|_| KeyIdParseError(s.to_owned()))?;
+        Ok(KeyId(id))
+    }
+}
+
+impl serde::Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -234,7 +265,9 @@ impl PublicKey {
     /// Checks a raw signature over `data`.
     pub fn verify(&self, data: &[u8], signature: &[u8]) -> bool {
         let Ok(bytes) = <[u8; 64]>::try_from(signature) else { return false };
-        self.0.verify(data, &Signature::from_bytes(&bytes)).is_ok()
+        // Strict: refuses small-order keys and non-canonical encodings, so no second signature
+        // over the same bytes can pass for ours.
+        self.0.verify_strict(data, &Signature::from_bytes(&bytes)).is_ok()
     }
 
     /// Checks `<file>.sig` against `file`.

@@ -5,10 +5,31 @@
 //! consumer never has to buffer a download before checking it.
 #![warn(missing_docs)]
 
+/// A JSON Schema for a hex string type.
+macro_rules! hex_schema {
+    ($t:ty, $name:literal, $description:literal, $pattern:literal) => {
+        impl schemars::JsonSchema for $t {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "description": $description, "pattern": $pattern })
+            }
+        }
+    };
+}
+
 mod digest;
+mod digests;
 mod hashing;
 mod keys;
 
 pub use digest::{DigestParseError, Sha256Digest};
+pub use digests::{copy, Digests, DigestsHasher, DigestsWriter, Sha512Digest, Sha512ParseError};
 pub use hashing::{HashingReader, HashingWriter};
-pub use keys::{keygen, signature_path, KeyError, KeyId, PrivateKey, PublicKey, VerifyError};
+pub use keys::{keygen, signature_path, KeyError, KeyId, KeyIdParseError, PrivateKey, PublicKey, VerifyError};
+
+hex_schema!(Sha256Digest, "Sha256Digest", "SHA-256 as 64 lowercase hex characters.", "^[0-9a-f]{64}$");
+hex_schema!(Sha512Digest, "Sha512Digest", "SHA-512 as 128 lowercase hex characters.", "^[0-9a-f]{128}$");
+hex_schema!(KeyId, "KeyId", "First 16 hex characters of sha256 of the raw Ed25519 public key.", "^[0-9a-f]{16}$");

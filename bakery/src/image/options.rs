@@ -142,7 +142,7 @@ impl Default for BlockSize {
 
 impl fmt::Display for BlockSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % (1 << 20) == 0 {
+        if self.0.is_multiple_of(1 << 20) {
             write!(f, "{}M", self.0 >> 20)
         } else {
             write!(f, "{}K", self.0 >> 10)

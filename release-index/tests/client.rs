@@ -1,0 +1,104 @@
+//! The client: signature, then expiry, then serial against the state file; artifacts verified
+//! while they stream.
+
+mod common;
+
+use common::*;
+use release_index::client::{Client, ClientError};
+use release_index::source::ReleaseSource;
+use signing::PrivateKey;
+
+fn client(s: &Scratch, state: &std::path::Path) -> Client {
+    Client::new(s.source(), s.key.public(), Some(state.to_owned()))
+}
+
+#[test]
+fn accepts_fresh_indexes_and_refuses_rollback_expiry_forks_and_strangers() {
+    let s = Scratch::new();
+    let state = s.dir.path().join("state/client.json");
+    s.publish(&[s.image("kubernetes-v1.31.3-x86-64.raw", "")]);
+    let c = client(&s, &state);
+    assert_eq!(c.fetch_index_at(NOW).unwrap().index.serial, 1);
+    assert_eq!(c.fetch_index_at(NOW).unwrap().index.serial, 1, "the same index again is fine");
+
+    s.publish(&[s.image("kubernetes-v1.31.4-x86-64.raw", "")]);
+    assert_eq!(c.fetch_index_at(NOW).unwrap().index.serial, 2);
+
+    // A mirror replays generation 1, validly signed: refused because 2 was seen.
+    let gens = s.dir.path().join("release.generations");
+    let replay = s.dir.path().join("replay");
+    std::os::unix::fs::symlink(gens.join("0000000001"), &replay).unwrap();
+    let replayed = Client::new(ReleaseSource::Dir(replay), s.key.public(), Some(state.clone()));
+    let err = replayed.fetch_index_at(NOW).unwrap_err();
+    assert!(matches!(err, ClientError::Rollback { serial: 1, accepted: 2, .. }), "{err}");
+    assert!(err.to_string().contains("refusing a rollback"));
+
+    // Expiry is checked before the serial is recorded.
+    let err = c.fetch_index_at(NOW.after(31 * DAY)).unwrap_err();
+    assert!(matches!(err, ClientError::Expired { .. }), "{err}");
+
+    // Another release signed by the same key with the same serial but other content.
+    let fork = Scratch { dir: tempfile::tempdir().unwrap(), key: PrivateKey::read_pem(&write_key(&s)).unwrap() };
+    fork.publish(&[fork.image("kubernetes-v1.31.9-x86-64.raw", "")]);
+    fork.publish(&[]);
+    let forked = Client::new(fork.source(), s.key.public(), Some(state.clone()));
+    let err = forked.fetch_index_at(NOW).unwrap_err();
+    assert!(matches!(err, ClientError::Fork { serial: 2, .. }), "{err}");
+
+    // A stranger's key.
+    let other = Client::new(s.source(), PrivateKey::generate().unwrap().public(), None);
+    assert!(matches!(other.fetch_index_at(NOW).unwrap_err(), ClientError::BadSignature { .. }));
+
+    // An unreadable state file is an error, not a reset to "accept anything".
+    let saved = std::fs::read(&state).unwrap();
+    std::fs::write(&state, "garbage").unwrap();
+    let err = client(&s, &state).fetch_index_at(NOW).unwrap_err();
+    assert!(matches!(err, ClientError::State { .. }), "{err}");
+    std::fs::write(&state, saved).unwrap();
+
+    // A corrupt index signature is refused before the JSON is even parsed.
+    let gen = std::fs::canonicalize(s.release()).unwrap();
+    flip_bit(&gen.join("index.json"));
+    assert!(matches!(c.fetch_index_at(NOW).unwrap_err(), ClientError::BadSignature { .. }));
+}
+
+fn write_key(s: &Scratch) -> std::path::PathBuf {
+    let path = s.dir.path().join("private.pem");
+    std::fs::write(&path, s.key.to_pem()).unwrap();
+    path
+}
+
+#[test]
+fn artifacts_appear_only_when_verified() {
+    let s = Scratch::new();
+    s.publish(&[s.image("cni-v1.6.2-x86-64.raw", "")]);
+    let c = Client::new(s.source(), s.key.public(), None);
+    let trusted = c.fetch_index_at(NOW).unwrap();
+    let art = trusted.index.artifact(&"cni-v1.6.2-x86-64.raw".parse().unwrap()).unwrap().clone();
+    let dest = s.dir.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let got = c.fetch_artifact(&art, &dest).unwrap();
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(s.release().join("cni-v1.6.2-x86-64.raw")).unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&got).unwrap().permissions().mode() & 0o777, 0o644);
+    std::fs::remove_file(&got).unwrap();
+
+    let gen = std::fs::canonicalize(s.release()).unwrap();
+    let image = gen.join("cni-v1.6.2-x86-64.raw");
+    let pristine = std::fs::read(&image).unwrap();
+    for (what, bytes) in [
+        ("sha256", {
+            let mut b = pristine.clone();
+            b[100] ^= 1;
+            b
+        }),
+        ("bytes", pristine[..1000].to_vec()),
+        ("more than", [pristine.clone(), b"trailing".to_vec()].concat()),
+    ] {
+        std::fs::write(&image, &bytes).unwrap();
+        let err = c.fetch_artifact(&art, &dest).unwrap_err().to_string();
+        assert!(err.contains(what) && err.contains("cni-v1.6.2-x86-64.raw"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(&dest).unwrap().collect();
+        assert!(left.is_empty(), "nothing may be left behind: {left:?}");
+    }
+}
