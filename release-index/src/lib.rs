@@ -26,22 +26,7 @@ macro_rules! serde_via_str {
 }
 pub(crate) use serde_via_str;
 
-/// A JSON Schema for a type serialised as a validated string: the pattern is a coarse filter
-/// for schema consumers, the `FromStr` impl remains the authority.
-macro_rules! string_schema {
-    ($t:ty, $name:literal, $description:literal, $pattern:literal) => {
-        impl schemars::JsonSchema for $t {
-            fn schema_name() -> std::borrow::Cow<'static, str> {
-                $name.into()
-            }
-
-            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                schemars::json_schema!({ "type": "string", "description": $description, "pattern": $pattern })
-            }
-        }
-    };
-}
-pub(crate) use string_schema;
+pub(crate) use signing::string_schema;
 
 mod arch;
 pub mod client;

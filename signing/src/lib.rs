@@ -5,20 +5,26 @@
 //! consumer never has to buffer a download before checking it.
 #![warn(missing_docs)]
 
-/// A JSON Schema for a hex string type.
-macro_rules! hex_schema {
+/// Implements `schemars::JsonSchema` for a type serialised as a validated string: the
+/// pattern is a coarse filter for schema consumers, the type's `FromStr` remains the authority.
+/// Shared with `release-index`, whose string types follow the same convention.
+#[macro_export]
+macro_rules! string_schema {
     ($t:ty, $name:literal, $description:literal, $pattern:literal) => {
-        impl schemars::JsonSchema for $t {
+        impl $crate::__schemars::JsonSchema for $t {
             fn schema_name() -> std::borrow::Cow<'static, str> {
                 $name.into()
             }
 
-            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                schemars::json_schema!({ "type": "string", "description": $description, "pattern": $pattern })
+            fn json_schema(_: &mut $crate::__schemars::SchemaGenerator) -> $crate::__schemars::Schema {
+                $crate::__schemars::json_schema!({ "type": "string", "description": $description, "pattern": $pattern })
             }
         }
     };
 }
+
+#[doc(hidden)]
+pub use schemars as __schemars;
 
 mod digest;
 mod digests;
@@ -30,6 +36,6 @@ pub use digests::{copy, Digests, DigestsHasher, DigestsWriter, Sha512Digest, Sha
 pub use hashing::{HashingReader, HashingWriter};
 pub use keys::{keygen, signature_path, KeyError, KeyId, KeyIdParseError, PrivateKey, PublicKey, VerifyError};
 
-hex_schema!(Sha256Digest, "Sha256Digest", "SHA-256 as 64 lowercase hex characters.", "^[0-9a-f]{64}$");
-hex_schema!(Sha512Digest, "Sha512Digest", "SHA-512 as 128 lowercase hex characters.", "^[0-9a-f]{128}$");
-hex_schema!(KeyId, "KeyId", "First 16 hex characters of sha256 of the raw Ed25519 public key.", "^[0-9a-f]{16}$");
+string_schema!(Sha256Digest, "Sha256Digest", "SHA-256 as 64 lowercase hex characters.", "^[0-9a-f]{64}$");
+string_schema!(Sha512Digest, "Sha512Digest", "SHA-512 as 128 lowercase hex characters.", "^[0-9a-f]{128}$");
+string_schema!(KeyId, "KeyId", "First 16 hex characters of sha256 of the raw Ed25519 public key.", "^[0-9a-f]{16}$");
