@@ -166,7 +166,7 @@ pub enum PublishError {
         path: PathBuf,
     },
     /// Another publish holds the lock.
-    #[error("{}: another publish is running on this release", path.display())]
+    #[error("{}: another publish has held this release for over two minutes", path.display())]
     Locked {
         /// The lock file.
         path: PathBuf,
@@ -190,6 +190,9 @@ pub fn generations_dir(release_dir: &Path) -> Option<PathBuf> {
     g.push(".generations");
     Some(release_dir.with_file_name(g))
 }
+
+/// How long a publish waits for another one on the same release.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
 
 fn generation_name(serial: u64) -> String {
     format!("{serial:010}")
@@ -365,15 +368,43 @@ fn validate<'a>(
 
 /// Publishes `images` into the release directory. See the module docs for the guarantees.
 pub fn publish(images: &[NewImage], opts: &PublishOptions<'_>) -> Result<Published, PublishError> {
-    let release_dir = opts.release_dir;
-    let not_release = |reason: &str| PublishError::NotARelease { path: release_dir.to_owned(), reason: reason.into() };
-    let store = generations_dir(release_dir).ok_or_else(|| not_release("give the release directory by name"))?;
+    // `release/` would make every lookup follow the symlink instead of looking at it.
+    let release_dir: PathBuf = opts.release_dir.components().collect();
+    let not_release = |reason: &str| PublishError::NotARelease { path: release_dir.clone(), reason: reason.into() };
+    let store = generations_dir(&release_dir).ok_or_else(|| not_release("give the release directory by name"))?;
+    let first = !store.exists();
+    let result = publish_into(images, opts, &release_dir, &store);
+    let swapped = fs::symlink_metadata(&release_dir).is_ok_and(|m| m.is_symlink());
+    if result.is_err() && first && !swapped {
+        // A first publish that failed before the swap leaves nothing behind, not even a store.
+        let _ = fs::remove_dir_all(&store);
+    }
+    result
+}
+
+fn publish_into(
+    images: &[NewImage],
+    opts: &PublishOptions<'_>,
+    release_dir: &Path,
+    store: &Path,
+) -> Result<Published, PublishError> {
+    let store = store.to_owned();
     let fail = |step: Step| if opts.fail_after == Some(step) { Err(PublishError::Injected(step)) } else { Ok(()) };
 
     fs::create_dir_all(&store).map_err(io_err(&store))?;
     let lock_path = store.join(".lock");
     let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
-    lock.try_lock().map_err(|_| PublishError::Locked { path: lock_path.clone() })?;
+    // Another publish finishes in seconds; wait for it rather than fail. (The wait also covers
+    // the instant a forked child still holds our descriptor before it execs.)
+    let started = std::time::Instant::now();
+    while let Err(e) = lock.try_lock() {
+        match e {
+            fs::TryLockError::WouldBlock if started.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            _ => return Err(PublishError::Locked { path: lock_path.clone() }),
+        }
+    }
 
     let current = current(release_dir, &store)?;
     let previous = match &current {

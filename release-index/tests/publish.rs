@@ -192,8 +192,11 @@ fn publishing_again_adds_exactly_the_new_image_and_bumps_the_serial() {
     );
     s.assert_verifies();
 
-    // Only the base URL given first is needed once; a bare re-sign extends expiry.
+    // Only the base URL given first is needed once; a bare re-sign extends expiry. A trailing
+    // slash names the same release.
     let mut opts = s.options(NOW.after(10 * DAY));
+    let slashed = std::path::PathBuf::from(format!("{}/", s.release().display()));
+    opts.release_dir = &slashed;
     opts.base_url = None;
     let resigned = publish(&[], &opts).unwrap();
     assert_eq!(resigned.index.serial, 3);
@@ -246,6 +249,7 @@ fn a_failure_after_any_step_leaves_a_valid_release() {
         let s = Scratch::new();
         s.publish_failing(&[s.image("cni-v1.6.2-x86-64.raw", "")], step);
         assert!(std::fs::symlink_metadata(s.release()).is_err(), "{step:?}");
+        assert!(!s.dir.path().join("release.generations").exists(), "{step:?} left the store behind");
     }
 }
 
@@ -315,6 +319,7 @@ fn bad_publishes_are_refused_and_change_nothing() {
     opts.release_dir = &fresh;
     opts.base_url = None;
     assert!(matches!(publish(&[], &opts), Err(PublishError::NeedBaseUrl { .. })));
+    assert!(!s.dir.path().join("fresh.generations").exists(), "a refused first publish leaves nothing");
 }
 
 #[test]
@@ -397,4 +402,21 @@ fn verification_reports_every_tampered_file() {
         &release_index::verify::VerifyOptions { pubkey: &s.key.public(), now: NOW, min_serial: Some(2), inspect: None },
     );
     assert!(report.problems[0].message.contains("rollback"), "{:#?}", report.problems);
+}
+
+#[test]
+fn concurrent_publishes_serialise() {
+    let s = Scratch::new();
+    s.publish(&[s.image("kubernetes-v1.31.3-x86-64.raw", "")]);
+    let images: Vec<_> = (4..8).map(|p| s.image(&format!("kubernetes-v1.31.{p}-x86-64.raw"), "")).collect();
+    std::thread::scope(|scope| {
+        for image in &images {
+            let s = &s;
+            scope.spawn(move || s.publish(std::slice::from_ref(image)));
+        }
+    });
+    let idx = index(&s);
+    assert_eq!(idx.serial, 5, "every publish got its own serial");
+    assert_eq!(idx.extensions["kubernetes"].len(), 5, "no publish lost another's image");
+    s.assert_verifies();
 }
