@@ -1,0 +1,417 @@
+//! `composer compose` and `composer check`: resolve extensions, recognise the target, decide
+//! whether systemd would merge them, then write them into the root filesystem of a copy.
+//!
+//! Order matters for "never half-written": every check that can fail runs before the first
+//! byte is written; the edit happens on a scratch copy next to OUT; `e2fsck -fn` must pass on
+//! the result; only then is the copy renamed to OUT. Any error drops the scratch directory.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use release_index::transfer;
+use release_index::ExtensionName;
+use serde::Serialize;
+use signing::PublicKey;
+
+use crate::compat::{self, Accepted, Host};
+use crate::e2fs::{Ext, Kind, Script};
+use crate::gpt::Gpt;
+use crate::input::{self, InputFormat, OutputFormat, Staging};
+use crate::source::{self, ExtensionSource, IndexLocation, ResolveOptions, ResolvedExtension};
+use crate::target::{self, Distro, Overrides, Target, TargetChoice};
+
+/// Everything `check` needs.
+#[derive(Debug)]
+pub struct CheckRequest {
+    /// Input disk image.
+    pub image: PathBuf,
+    /// `--extension` arguments.
+    pub extensions: Vec<ExtensionSource>,
+    /// `--index`.
+    pub index: Option<IndexLocation>,
+    /// `--pubkey`.
+    pub pubkey: Option<PublicKey>,
+    /// `--target`.
+    pub target: TargetChoice,
+    /// `--os-release`, `--arch`.
+    pub overrides: Overrides,
+}
+
+/// Everything `compose` needs.
+#[derive(Debug)]
+pub struct ComposeRequest {
+    /// What to install where (shared with `check`).
+    pub check: CheckRequest,
+    /// Output file.
+    pub out: PathBuf,
+    /// Output format.
+    pub output_format: OutputFormat,
+    /// Install sysupdate transfer files pointing at this base URL (`<base>/<ext>/`).
+    pub sysupdate: Option<String>,
+}
+
+/// One extension's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    /// The extension.
+    pub extension: ResolvedExtension,
+    /// Why systemd will merge it.
+    pub accepted: Accepted,
+}
+
+/// What `check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// Input image.
+    pub image: PathBuf,
+    /// Input format.
+    pub format: InputFormat,
+    /// The recognised target.
+    pub target: Target,
+    /// Every extension, accepted.
+    pub extensions: Vec<Verdict>,
+}
+
+/// One entry created in the image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Written {
+    /// Absolute path inside the root filesystem.
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: &'static str,
+    /// Symlink target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// What `compose` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComposeReport {
+    /// The compatibility report it acted on.
+    #[serde(flatten)]
+    pub check: CheckReport,
+    /// Output file.
+    pub out: PathBuf,
+    /// Output format.
+    pub output_format: OutputFormat,
+    /// Entries written into the root filesystem.
+    pub written: Vec<Written>,
+    /// Bytes free in the root filesystem before and after.
+    pub free_before: u64,
+    /// See `free_before`.
+    pub free_after: u64,
+}
+
+fn resolve_all(req: &CheckRequest) -> Result<Vec<ResolvedExtension>> {
+    if req.extensions.is_empty() {
+        bail!("no --extension given; name at least one image file or NAME@CHANNEL");
+    }
+    let opts = ResolveOptions { pubkey: req.pubkey.as_ref(), index: req.index.as_ref() };
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for s in &req.extensions {
+        let r = source::resolve(s, opts).with_context(|| format!("extension '{s}'"))?;
+        if !seen.insert(r.image.name.clone()) {
+            bail!("extension '{s}': {} is given twice; an image holds one version of each extension", r.image.name);
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Recognises the target in a raw image and applies the compatibility rules.
+fn analyse(raw: &Path, format: InputFormat, req: &CheckRequest, exts: Vec<ResolvedExtension>) -> Result<CheckReport> {
+    let gpt = Gpt::read(raw)?;
+    let parts =
+        target::probe_partitions(raw, &gpt).with_context(|| format!("reading partitions of {}", raw.display()))?;
+    let target = target::detect(raw, &gpt, &parts, req.target, &req.overrides)?;
+    let host = Host { os_release: target.os_release.value.clone(), arch: target.arch.value };
+    let mut refusals = Vec::new();
+    let mut verdicts = Vec::new();
+    for e in exts {
+        match compat::check(&e.extension_release, &host) {
+            Ok(accepted) => verdicts.push(Verdict { extension: e, accepted }),
+            Err(why) => refusals.push(format!(
+                "{}: systemd-sysext would skip it at boot: {why}",
+                e.path.file_name().unwrap_or_default().to_string_lossy()
+            )),
+        }
+    }
+    if !refusals.is_empty() {
+        bail!(
+            "{} ({} from {}, architecture {} from {}) would not merge:\n  {}",
+            req.image.display(),
+            describe_os(&host.os_release),
+            target.os_release.from,
+            host.arch,
+            target.arch.from,
+            refusals.join("\n  ")
+        );
+    }
+    Ok(CheckReport { image: req.image.clone(), format, target, extensions: verdicts })
+}
+
+fn describe_os(os: &release_index::extension_release::ExtensionRelease) -> String {
+    let mut s = format!("ID={}", os.get("ID").unwrap_or("(none)"));
+    for k in ["VERSION_ID", "SYSEXT_LEVEL"] {
+        if let Some(v) = os.get(k) {
+            let _ = write!(s, " {k}={v}");
+        }
+    }
+    s
+}
+
+/// `composer check`: everything up to, not including, writing.
+pub fn check(req: &CheckRequest) -> Result<CheckReport> {
+    let exts = resolve_all(req)?;
+    let format = input::detect(&req.image)?;
+    if format == InputFormat::Raw {
+        return analyse(&req.image, format, req, exts);
+    }
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let raw = scratch.path().join("disk.raw");
+    input::materialize(&req.image, format, &raw)?;
+    analyse(&raw, format, req, exts)
+}
+
+/// A planned edit: debugfs commands and the space they need.
+struct Plan {
+    script: Script,
+    written: Vec<Written>,
+    bytes: u64,
+    inodes: u64,
+}
+
+fn kind_at(fs: &Ext, path: &str) -> Result<Option<Kind>> {
+    Ok(fs.stat(path).with_context(|| format!("looking up {path}"))?.map(|s| s.kind))
+}
+
+impl Plan {
+    fn new() -> Self {
+        Self { script: Script::new(), written: Vec::new(), bytes: 0, inodes: 0 }
+    }
+
+    /// `mkdir -p`, creating only what is missing; a non-directory in the way is an error.
+    fn ensure_dir(&mut self, fs: &Ext, path: &str, planned: &mut BTreeSet<String>) -> Result<()> {
+        let mut current = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            current.push('/');
+            current.push_str(part);
+            if planned.contains(&current) {
+                continue;
+            }
+            match kind_at(fs, &current)? {
+                Some(Kind::Dir) => {}
+                Some(Kind::Symlink) => match fs.resolve(&current)? {
+                    Some(real) if kind_at(fs, &real)? == Some(Kind::Dir) => {}
+                    _ => bail!("{current} is a symlink that does not lead to a directory; expected a directory"),
+                },
+                Some(other) => bail!("{current} exists as {other:?}; expected a directory"),
+                None => {
+                    self.script.mkdir(&current);
+                    self.written.push(Written { path: current.clone(), kind: "dir", target: None });
+                    self.inodes += 1;
+                }
+            }
+            planned.insert(current.clone());
+        }
+        Ok(())
+    }
+
+    /// Removes whatever file or link is at `path` so it can be replaced; refuses directories.
+    fn clear(&mut self, fs: &Ext, path: &str) -> Result<()> {
+        match kind_at(fs, path)? {
+            None => {}
+            Some(Kind::File(_) | Kind::Symlink) => self.script.rm(path),
+            Some(other) => bail!("{path} exists as {other:?}; expected a file or symlink to replace"),
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, fs: &Ext, source: &Path, size: u64, path: &str, block: u64) -> Result<()> {
+        self.clear(fs, path)?;
+        self.script.write(source, path);
+        self.written.push(Written { path: path.to_owned(), kind: "file", target: None });
+        // Data blocks plus one block of extent index per 128 MiB, a generous bound.
+        self.bytes += size.div_ceil(block) * block + (size / (128 << 20) + 1) * block;
+        self.inodes += 1;
+        Ok(())
+    }
+
+    fn symlink(&mut self, fs: &Ext, path: &str, target: &str, block: u64) -> Result<()> {
+        self.clear(fs, path)?;
+        self.script.symlink(path, target);
+        self.written.push(Written { path: path.to_owned(), kind: "symlink", target: Some(target.to_owned()) });
+        if target.len() >= 60 {
+            self.bytes += block;
+        }
+        self.inodes += 1;
+        Ok(())
+    }
+}
+
+fn image_path(name: &ExtensionName, file: &str) -> String {
+    format!("{}/{file}", transfer::target_dir(name))
+}
+
+fn plan(
+    fs: &Ext,
+    target: &Target,
+    exts: &[Verdict],
+    sysupdate: Option<&str>,
+    scratch: &Path,
+    block: u64,
+) -> Result<Plan> {
+    let mut p = Plan::new();
+    let mut dirs = BTreeSet::new();
+    p.ensure_dir(fs, "/etc/extensions", &mut dirs)?;
+    for v in exts {
+        let e = &v.extension;
+        let name = &e.image.name;
+        let dir = transfer::target_dir(name);
+        p.ensure_dir(fs, &dir, &mut dirs)?;
+        let dest = image_path(name, &e.image.to_string());
+        p.file(fs, &e.path, e.size, &dest, block)?;
+        p.symlink(fs, &transfer::current_symlink(name), &dest, block)?;
+        if let Some(base) = sysupdate {
+            let conf_dir = format!("/etc/sysupdate.{name}.d");
+            p.ensure_dir(fs, &conf_dir, &mut dirs)?;
+            let base = format!("{}/{name}/", base.trim_end_matches('/'));
+            // Nodes follow patch releases of the installed minor (Kubernetes does not support
+            // skipping minors); versions without MAJOR.MINOR follow every release.
+            let (stem, text) = transfer::patch_channel(name, &e.image.version, &base)
+                .unwrap_or_else(|| (name.to_string(), transfer::any_version(name, &base)));
+            for suffix in ["conf", "transfer"] {
+                let staged = scratch.join(format!("{stem}.{suffix}"));
+                fs_err::write(&staged, &text)?;
+                p.file(fs, &staged, text.len() as u64, &format!("{conf_dir}/{stem}.{suffix}"), block)?;
+            }
+        }
+    }
+    if sysupdate.is_some() {
+        p.ensure_dir(fs, "/etc/sysupdate.d", &mut dirs)?;
+        let staged = scratch.join("noop.conf");
+        fs_err::write(&staged, transfer::noop())?;
+        p.file(fs, &staged, transfer::noop().len() as u64, "/etc/sysupdate.d/noop.conf", block)?;
+    }
+    if target.distro == Distro::Ubuntu {
+        // Ubuntu ships systemd-sysext.service disabled: without this link nothing merges.
+        let unit = ["/usr/lib/systemd/system/systemd-sysext.service", "/lib/systemd/system/systemd-sysext.service"]
+            .into_iter()
+            .find_map(|u| fs.resolve(u).ok().flatten().map(|_| u));
+        let Some(unit) = unit else {
+            bail!("partition {} has no /usr/lib/systemd/system/systemd-sysext.service; this image's systemd cannot merge system extensions", target.root.partition.number);
+        };
+        let wants = "/etc/systemd/system/sysinit.target.wants";
+        p.ensure_dir(fs, wants, &mut dirs)?;
+        p.symlink(fs, &format!("{wants}/systemd-sysext.service"), unit, block)?;
+    }
+    // Directories: one block each, plus slack for directory blocks that split.
+    p.bytes += (dirs.len() as u64 + 16) * block;
+    Ok(p)
+}
+
+/// `composer compose`.
+pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
+    let input_path = &req.check.image;
+    if let (Ok(a), Ok(b)) = (fs_err::canonicalize(input_path), fs_err::canonicalize(&req.out)) {
+        if a == b {
+            bail!("--out {} is the input image; composer never modifies its input", req.out.display());
+        }
+    }
+    if req.out.exists() {
+        bail!("{} already exists; refusing to overwrite it", req.out.display());
+    }
+    let exts = resolve_all(&req.check)?;
+    let format = input::detect(input_path)?;
+    let staging = Staging::beside(&req.out)?;
+    let work = staging.path().join("disk.raw");
+
+    // A raw input is analysed in place (read-only), so a refusal costs no copy.
+    let report = if format == InputFormat::Raw {
+        let r = analyse(input_path, format, &req.check, exts)?;
+        input::materialize(input_path, format, &work)?;
+        r
+    } else {
+        input::materialize(input_path, format, &work)?;
+        analyse(&work, format, &req.check, exts)?
+    };
+    // The copy must be what was analysed: re-read the table from it.
+    let gpt = Gpt::read(&work)?;
+    let root = gpt
+        .partitions
+        .iter()
+        .find(|p| p.number == report.target.root.partition.number && p.offset == report.target.root.partition.offset)
+        .with_context(|| format!("{}: partition table changed while copying", input_path.display()))?;
+    let fs = Ext::new(&work, root.offset);
+    let part = report.target.root.describe();
+    fs.fsck().with_context(|| format!("{part} already has filesystem errors before composing"))?;
+
+    let ext_info = report.target.root.filesystem.ext.expect("target root is ext4");
+    let block = ext_info.block_size;
+    let plan = plan(&fs, &report.target, &report.extensions, req.sysupdate.as_deref(), staging.path(), block)?;
+    let free = ext_info.free_bytes();
+    if plan.bytes > free {
+        bail!(
+            "{}: {part} (ext4) has {free} bytes free but composing needs {} bytes ({} bytes of images and files plus metadata); free {} more bytes or grow the partition",
+            input_path.display(),
+            plan.bytes,
+            report.extensions.iter().map(|v| v.extension.size).sum::<u64>(),
+            plan.bytes - free
+        );
+    }
+    if plan.inodes > u64::from(ext_info.free_inodes) {
+        bail!(
+            "{}: {part} has {} free inodes but composing needs {}",
+            input_path.display(),
+            ext_info.free_inodes,
+            plan.inodes
+        );
+    }
+
+    fs.apply(&plan.script, staging.path()).with_context(|| format!("writing into {part}"))?;
+    fs.fsck().with_context(|| format!("checking {part} after composing"))?;
+    verify(&fs, &report.extensions).with_context(|| format!("reading back {part}"))?;
+
+    let after = {
+        let mut f = fs_err::File::open(&work)?;
+        crate::fsprobe::probe(&mut f, root.offset, root.size)?.ext.map_or(0, |e| e.free_bytes())
+    };
+    let finished = match req.output_format {
+        OutputFormat::Raw => work.clone(),
+        OutputFormat::Qcow2 => {
+            let q = staging.path().join("disk.qcow2");
+            input::write_output(&work, OutputFormat::Qcow2, &q)?;
+            q
+        }
+    };
+    staging.publish(&finished)?;
+    Ok(ComposeReport {
+        check: report,
+        out: req.out.clone(),
+        output_format: req.output_format,
+        written: plan.written,
+        free_before: free,
+        free_after: after,
+    })
+}
+
+/// Reads back every link and image, as the booted system will see them.
+fn verify(fs: &Ext, exts: &[Verdict]) -> Result<()> {
+    for v in exts {
+        let e = &v.extension;
+        let link = transfer::current_symlink(&e.image.name);
+        let want = image_path(&e.image.name, &e.image.to_string());
+        let got = fs.read_link(&link)?;
+        if got.as_deref() != Some(want.as_str()) {
+            bail!("{link} points to {got:?}; expected {want}");
+        }
+        match fs.stat(&want)? {
+            Some(st) if st.kind == Kind::File(e.size) && st.uid == 0 && st.mode == 0o644 => {}
+            other => bail!("{want}: expected a root-owned 0644 file of {} bytes, found {other:?}", e.size),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! Reading and editing an ext2/3/4 filesystem inside a disk image with e2fsprogs, unmounted.
+//!
+//! e2fsprogs' unix I/O manager accepts `FILE?offset=BYTES` as the device name, so `debugfs`
+//! and `e2fsck` work on a partition in place without extracting it. debugfs has two traps
+//! this module hides: it exits 0 even when a command fails (so any line on stderr other than
+//! its version banner is treated as a failure), and `mkdir`/`write`/`symlink` resolve the
+//! *parent* of an absolute path relative to the current directory (so every edit is issued as
+//! `cd <absolute parent>` followed by the base name).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A debugfs or e2fsck failure, with the command and what the tool said.
+#[derive(Debug, thiserror::Error)]
+pub enum E2fsError {
+    /// The tool could not be started.
+    #[error("running {tool}: {cause} (is e2fsprogs installed?)")]
+    Spawn {
+        /// Program name.
+        tool: &'static str,
+        /// Cause.
+        cause: std::io::Error,
+    },
+    /// debugfs reported errors.
+    #[error("debugfs on {device} failed: {}", errors.join("; "))]
+    Debugfs {
+        /// Device string used.
+        device: String,
+        /// The error lines.
+        errors: Vec<String>,
+    },
+    /// e2fsck found problems.
+    #[error("e2fsck -fn on {device} reports problems (exit {code}): {tail}")]
+    Fsck {
+        /// Device string used.
+        device: String,
+        /// e2fsck exit code.
+        code: i32,
+        /// The last lines of its report.
+        tail: String,
+    },
+    /// Writing the command file failed.
+    #[error("writing the debugfs command file {}: {cause}", path.display())]
+    Script {
+        /// Command file.
+        path: PathBuf,
+        /// Cause.
+        cause: std::io::Error,
+    },
+}
+
+/// What kind of inode a path names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Regular file of this many bytes.
+    File(u64),
+    /// Directory.
+    Dir,
+    /// Symbolic link (target read separately for slow links).
+    Symlink,
+    /// Anything else (device, fifo, socket).
+    Other(String),
+}
+
+/// `stat` of one path, as far as composer cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Inode kind.
+    pub kind: Kind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Target of a fast symlink (stored in the inode); slow ones need [`Ext::cat`].
+    pub fast_link: Option<String>,
+}
+
+/// A directory entry from `ls -p`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Name.
+    pub name: String,
+    /// Full mode (type and permission bits).
+    pub mode: u32,
+}
+
+impl DirEntry {
+    /// Whether the entry is a symlink.
+    pub fn is_symlink(&self) -> bool {
+        self.mode & 0o170000 == 0o120000
+    }
+    /// Whether the entry is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & 0o170000 == 0o040000
+    }
+}
+
+/// An ext filesystem at a byte offset inside an image file.
+#[derive(Clone, Debug)]
+pub struct Ext {
+    dir: PathBuf,
+    file: String,
+    offset: u64,
+}
+
+const BANNER_PREFIXES: [&str; 2] = ["debugfs ", "e2fsck "];
+
+fn is_banner(line: &str) -> bool {
+    BANNER_PREFIXES.iter().any(|p| line.starts_with(p) && line.trim_end().ends_with(')'))
+}
+
+/// debugfs's ss parser splits on blanks and honours double quotes.
+fn quote(arg: &str) -> String {
+    if !arg.is_empty() && !arg.bytes().any(|c| c.is_ascii_whitespace() || c == b'"' || c == b'#') {
+        arg.to_owned()
+    } else {
+        format!("\"{arg}\"")
+    }
+}
+
+fn split(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some(("", base)) => ("/", base),
+        Some((parent, base)) => (parent, base),
+        None => ("/", path),
+    }
+}
+
+impl Ext {
+    /// The filesystem starting `offset` bytes into `image`.
+    ///
+    /// The device string is passed relative to the image's directory, because the I/O manager
+    /// splits the name at the first `?`, which may appear in a directory name.
+    pub fn new(image: &Path, offset: u64) -> Self {
+        let dir = image.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+        let file = image.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        Self { dir, file, offset }
+    }
+
+    /// `FILE?offset=N`, as handed to the tools.
+    pub fn device(&self) -> String {
+        format!("./{}?offset={}", self.file, self.offset)
+    }
+
+    fn tool(&self, tool: &'static str) -> Command {
+        let mut c = Command::new(tool);
+        c.current_dir(&self.dir).env("DEBUGFS_PAGER", "__none__").env("PAGER", "cat").env("LC_ALL", "C");
+        c
+    }
+
+    fn output(&self, mut cmd: Command, tool: &'static str) -> Result<Output, E2fsError> {
+        cmd.output().map_err(|cause| E2fsError::Spawn { tool, cause })
+    }
+
+    fn errors(&self, out: &Output) -> Vec<String> {
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !is_banner(l))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Runs one read-only request; `Ok(None)` when the path does not exist.
+    fn request(&self, request: &str) -> Result<Option<Vec<u8>>, E2fsError> {
+        let mut cmd = self.tool("debugfs");
+        cmd.arg("-R").arg(request).arg(self.device());
+        let out = self.output(cmd, "debugfs")?;
+        let errors = self.errors(&out);
+        if errors.iter().any(|e| e.contains("File not found by ext2_lookup")) {
+            return Ok(None);
+        }
+        if !errors.is_empty() || !out.status.success() {
+            return Err(E2fsError::Debugfs { device: self.device(), errors });
+        }
+        Ok(Some(out.stdout))
+    }
+
+    /// Metadata of `path`, not following a final symlink.
+    pub fn stat(&self, path: &str) -> Result<Option<Stat>, E2fsError> {
+        let Some(out) = self.request(&format!("stat {}", quote(path)))? else { return Ok(None) };
+        let text = String::from_utf8_lossy(&out);
+        let field =
+            |key: &str| text.split_whitespace().skip_while(|w| *w != key).nth(1).map(str::to_owned).unwrap_or_default();
+        let mode = u32::from_str_radix(&field("Mode:"), 8).unwrap_or(0);
+        let size = field("Size:").parse().unwrap_or(0);
+        let kind = match field("Type:").as_str() {
+            "regular" => Kind::File(size),
+            "directory" => Kind::Dir,
+            "symlink" => Kind::Symlink,
+            other => Kind::Other(other.to_owned()),
+        };
+        let fast_link = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
+            .map(|s| s.trim().trim_matches('"').to_owned());
+        Ok(Some(Stat {
+            kind,
+            mode,
+            uid: field("User:").parse().unwrap_or(0),
+            gid: field("Group:").parse().unwrap_or(0),
+            fast_link,
+        }))
+    }
+
+    /// Contents of a file (or of a slow symlink's target block).
+    pub fn cat(&self, path: &str) -> Result<Option<Vec<u8>>, E2fsError> {
+        self.request(&format!("cat {}", quote(path)))
+    }
+
+    /// The target of the symlink at `path`.
+    pub fn read_link(&self, path: &str) -> Result<Option<String>, E2fsError> {
+        let Some(st) = self.stat(path)? else { return Ok(None) };
+        if st.kind != Kind::Symlink {
+            return Ok(None);
+        }
+        if let Some(t) = st.fast_link {
+            return Ok(Some(t));
+        }
+        Ok(self.cat(path)?.map(|b| String::from_utf8_lossy(&b).trim_end_matches('\0').to_owned()))
+    }
+
+    /// Follows symlinks (absolute ones from the filesystem's root, relative ones from the
+    /// link's directory) until a non-link, as the booted system would see `path`.
+    pub fn resolve(&self, path: &str) -> Result<Option<String>, E2fsError> {
+        let mut current = path.to_owned();
+        for _ in 0..16 {
+            match self.read_link(&current)? {
+                None => return Ok(self.stat(&current)?.map(|_| current)),
+                Some(target) => {
+                    let joined = if target.starts_with('/') {
+                        target
+                    } else {
+                        format!("{}/{target}", split(&current).0.trim_end_matches('/'))
+                    };
+                    current = normalize(&joined);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Entries of a directory (without `.` and `..`); `None` if it does not exist.
+    pub fn list(&self, dir: &str) -> Result<Option<Vec<DirEntry>>, E2fsError> {
+        let Some(out) = self.request(&format!("ls -p {}", quote(dir)))? else { return Ok(None) };
+        let text = String::from_utf8_lossy(&out);
+        let mut entries = Vec::new();
+        for line in text.lines() {
+            // `/inode/mode/uid/gid/name/size/`
+            let f: Vec<&str> = line.split('/').collect();
+            if f.len() < 7 || f[5] == "." || f[5] == ".." || f[5].is_empty() {
+                continue;
+            }
+            entries.push(DirEntry { name: f[5].to_owned(), mode: u32::from_str_radix(f[2], 8).unwrap_or(0) });
+        }
+        Ok(Some(entries))
+    }
+
+    /// Runs a write script in one debugfs session; any error line fails it.
+    pub fn apply(&self, script: &Script, scratch: &Path) -> Result<(), E2fsError> {
+        let path = scratch.join("debugfs.cmds");
+        std::fs::write(&path, &script.text).map_err(|cause| E2fsError::Script { path: path.clone(), cause })?;
+        let mut cmd = self.tool("debugfs");
+        cmd.arg("-w").arg("-f").arg(&path).arg(self.device());
+        let out = self.output(cmd, "debugfs")?;
+        let errors = self.errors(&out);
+        if !errors.is_empty() || !out.status.success() {
+            return Err(E2fsError::Debugfs { device: self.device(), errors });
+        }
+        Ok(())
+    }
+
+    /// `e2fsck -fn`: a full read-only check; any complaint is an error.
+    pub fn fsck(&self) -> Result<(), E2fsError> {
+        let mut cmd = self.tool("e2fsck");
+        cmd.arg("-fn").arg(self.device());
+        let out = self.output(cmd, "e2fsck")?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !is_banner(l)).collect();
+        let tail = lines[lines.len().saturating_sub(8)..].join(" | ");
+        Err(E2fsError::Fsck { device: self.device(), code: out.status.code().unwrap_or(-1), tail })
+    }
+}
+
+/// Collapses `.`, `..` and repeated slashes in an absolute path.
+pub fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// A debugfs command file that creates entries owned by root with explicit modes.
+#[derive(Clone, Debug, Default)]
+pub struct Script {
+    text: String,
+}
+
+impl Script {
+    /// An empty script.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn own(&mut self, path: &str, mode: u32) {
+        let _ = writeln!(self.text, "sif {} mode 0{mode:o}", quote(path));
+        let _ = writeln!(self.text, "sif {} uid 0", quote(path));
+        let _ = writeln!(self.text, "sif {} gid 0", quote(path));
+    }
+
+    /// Creates a directory with mode 0755 (its parent must exist or be created earlier).
+    pub fn mkdir(&mut self, path: &str) {
+        let (parent, base) = split(path);
+        let _ = writeln!(self.text, "cd {}\nmkdir {}", quote(parent), quote(base));
+        self.own(path, 0o040755);
+    }
+
+    /// Removes a file or symlink.
+    pub fn rm(&mut self, path: &str) {
+        let (parent, base) = split(path);
+        let _ = writeln!(self.text, "cd {}\nrm {}", quote(parent), quote(base));
+    }
+
+    /// Copies a host file in as a regular file with mode 0644.
+    pub fn write(&mut self, source: &Path, path: &str) {
+        let (parent, base) = split(path);
+        let src = source.to_string_lossy();
+        let _ = writeln!(self.text, "cd {}\nwrite {} {}", quote(parent), quote(&src), quote(base));
+        self.own(path, 0o100644);
+    }
+
+    /// Creates a symlink `path` → `target`.
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        let (parent, base) = split(path);
+        let _ = writeln!(self.text, "cd {}\nsymlink {} {}", quote(parent), quote(base), quote(target));
+        self.own(path, 0o120777);
+    }
+
+    /// The command text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_paths() {
+        assert_eq!(normalize("/etc/../usr/lib/os-release"), "/usr/lib/os-release");
+        assert_eq!(normalize("//a/./b/"), "/a/b");
+        assert_eq!(normalize("/.."), "/");
+    }
+
+    #[test]
+    fn scripts_cd_into_the_parent_first() {
+        let mut s = Script::new();
+        s.mkdir("/opt/extensions");
+        s.symlink("/etc/extensions/k.raw", "/opt/extensions/k/k-v1-x86-64.raw");
+        let t = s.text();
+        assert!(t.starts_with("cd /opt\nmkdir extensions\nsif /opt/extensions mode 040755\n"), "{t}");
+        assert!(t.contains("cd /etc/extensions\nsymlink k.raw /opt/extensions/k/k-v1-x86-64.raw\n"), "{t}");
+        assert_eq!(quote("a b"), "\"a b\"");
+        assert_eq!(split("/etc"), ("/", "etc"));
+    }
+
+    #[test]
+    fn banners_are_not_errors() {
+        assert!(is_banner("debugfs 1.47.0 (5-Feb-2023)"));
+        assert!(!is_banner("debugfs: write: Could not allocate block"));
+    }
+}
