@@ -329,29 +329,23 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
     let staging = Staging::beside(&req.out)?;
     let work = staging.path().join("disk.raw");
 
-    // A raw input is analysed in place (read-only), so a refusal costs no copy.
-    let report = if format == InputFormat::Raw {
-        let r = analyse(input_path, format, &req.check, exts)?;
-        input::materialize(input_path, format, &work)?;
-        r
+    // Everything read-only (analysis, the pre-check, planning) runs on a raw input in place,
+    // before copying: a refusal then costs no copy, and e2fsprogs, which fsyncs its device on
+    // close even when read-only, does not flush the fresh copy early, once per lookup.
+    let analysed = if format == InputFormat::Raw {
+        input_path.clone()
     } else {
         input::materialize(input_path, format, &work)?;
-        analyse(&work, format, &req.check, exts)?
+        work.clone()
     };
-    // The copy must be what was analysed: re-read the table from it.
-    let gpt = Gpt::read(&work)?;
-    let root = gpt
-        .partitions
-        .iter()
-        .find(|p| p.number == report.target.root.partition.number && p.offset == report.target.root.partition.offset)
-        .with_context(|| format!("{}: partition table changed while copying", input_path.display()))?;
-    let fs = Ext::new(&work, root.offset);
+    let report = analyse(&analysed, format, &req.check, exts)?;
+    let root_part = report.target.root.partition.clone();
     let part = report.target.root.describe();
-    fs.fsck().with_context(|| format!("{part} already has filesystem errors before composing"))?;
-
+    let source_fs = Ext::new(&analysed, root_part.offset);
+    source_fs.fsck().with_context(|| format!("{part} already has filesystem errors before composing"))?;
     let ext_info = report.target.root.filesystem.ext.expect("target root is ext4");
     let block = ext_info.block_size;
-    let plan = plan(&fs, &report.target, &report.extensions, req.sysupdate.as_deref(), staging.path(), block)?;
+    let plan = plan(&source_fs, &report.target, &report.extensions, req.sysupdate.as_deref(), staging.path(), block)?;
     let free = ext_info.free_bytes();
     if plan.bytes > free {
         bail!(
@@ -371,6 +365,17 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
         );
     }
 
+    if format == InputFormat::Raw {
+        input::materialize(input_path, format, &work)?;
+    }
+    // The copy must be what was analysed: re-read the table from it.
+    let gpt = Gpt::read(&work)?;
+    let root = gpt
+        .partitions
+        .iter()
+        .find(|p| p.number == root_part.number && p.offset == root_part.offset && p.size == root_part.size)
+        .with_context(|| format!("{}: partition table changed while copying", input_path.display()))?;
+    let fs = Ext::new(&work, root.offset);
     fs.apply(&plan.script, staging.path()).with_context(|| format!("writing into {part}"))?;
     fs.fsck().with_context(|| format!("checking {part} after composing"))?;
     verify(&fs, &report.extensions).with_context(|| format!("reading back {part}"))?;

@@ -124,7 +124,6 @@ fn write_sparse(mut reader: impl Read, dest: &Path) -> io::Result<u64> {
         }
     }
     out.set_len(len)?;
-    out.sync_all()?;
     Ok(len)
 }
 
@@ -145,7 +144,6 @@ fn copy_sparse_file(src: &File, dest: &Path) -> io::Result<u64> {
         copy_range(src, &out, data, hole - data)?;
         pos = hole;
     }
-    out.sync_all()?;
     Ok(len)
 }
 

@@ -257,9 +257,11 @@ fn resolve_file(
     };
     let sha256 = Sha256Digest::of_reader(std::fs::File::open(path).map_err(io)?).map_err(io)?;
     let extension_release = inspect_image(path, &image)?;
+    // debugfs runs in a scratch directory, so a relative path would name another file there.
+    let path = std::path::absolute(path).map_err(io)?;
     Ok(ResolvedExtension {
         source: source.clone(),
-        path: path.to_owned(),
+        path,
         image,
         extension_release,
         size: meta.len(),

@@ -145,8 +145,21 @@ fn ubuntu_images_pinned_to_the_release_compose_into_ubuntu() {
     let work = tempfile::tempdir().unwrap();
     let disk = ubuntu_disk(work.path());
     let out = work.path().join("composed.img");
-    let o = compose(&disk.path, &out, &[&exts.ubuntu_kubernetes], &["--json"]);
+    // A relative extension path works although debugfs runs in a scratch directory.
+    let dir = exts.ubuntu_kubernetes.parent().unwrap();
+    let file = exts.ubuntu_kubernetes.file_name().unwrap();
+    let o = composer()
+        .current_dir(dir)
+        .args(["compose", "--json", "--image"])
+        .arg(&disk.path)
+        .arg("--out")
+        .arg(&out)
+        .arg("-e")
+        .arg(file)
+        .output()
+        .unwrap();
     assert_ok(&o);
+    assert_installed(&out, disk.root_offset, &[&exts.ubuntu_kubernetes], work.path());
     let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(report["extensions"][0]["accepted"], serde_json::json!({"rule": "version-id", "version_id": "24.04"}));
 }
