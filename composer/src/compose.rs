@@ -5,7 +5,7 @@
 //! byte is written; the edit happens on a scratch copy next to OUT; `e2fsck -fn` must pass on
 //! the result; only then is the copy renamed to OUT. Any error drops the scratch directory.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -182,15 +182,51 @@ struct Plan {
     written: Vec<Written>,
     bytes: u64,
     inodes: u64,
+    known: HashMap<String, Option<crate::e2fs::Stat>>,
+    /// Images whose blocks the script allocates and composer then fills in place.
+    payloads: Vec<Payload>,
 }
 
-fn kind_at(fs: &Ext, path: &str) -> Result<Option<Kind>> {
-    Ok(fs.stat(path).with_context(|| format!("looking up {path}"))?.map(|s| s.kind))
+/// An extension image to copy into blocks allocated by debugfs.
+struct Payload {
+    source: PathBuf,
+    path: String,
+    size: u64,
 }
 
 impl Plan {
     fn new() -> Self {
-        Self { script: Script::new(), written: Vec::new(), bytes: 0, inodes: 0 }
+        Self {
+            script: Script::new(),
+            written: Vec::new(),
+            bytes: 0,
+            inodes: 0,
+            known: HashMap::new(),
+            payloads: Vec::new(),
+        }
+    }
+
+    /// Looks every path up in one debugfs session, ahead of the per-path decisions.
+    fn prefetch(&mut self, fs: &Ext, paths: &[String]) -> Result<()> {
+        let mut all = BTreeSet::new();
+        for p in paths {
+            let mut current = String::new();
+            for part in p.split('/').filter(|c| !c.is_empty()) {
+                current.push('/');
+                current.push_str(part);
+                all.insert(current.clone());
+            }
+        }
+        let all: Vec<String> = all.into_iter().collect();
+        self.known = fs.stat_many(&all).context("looking up the paths to write")?;
+        Ok(())
+    }
+
+    fn kind_at(&self, fs: &Ext, path: &str) -> Result<Option<Kind>> {
+        if let Some(known) = self.known.get(path) {
+            return Ok(known.as_ref().map(|s| s.kind.clone()));
+        }
+        Ok(fs.stat(path).with_context(|| format!("looking up {path}"))?.map(|s| s.kind))
     }
 
     /// `mkdir -p`, creating only what is missing; a non-directory in the way is an error.
@@ -202,10 +238,10 @@ impl Plan {
             if planned.contains(&current) {
                 continue;
             }
-            match kind_at(fs, &current)? {
+            match self.kind_at(fs, &current)? {
                 Some(Kind::Dir) => {}
                 Some(Kind::Symlink) => match fs.resolve(&current)? {
-                    Some(real) if kind_at(fs, &real)? == Some(Kind::Dir) => {}
+                    Some(real) if self.kind_at(fs, &real)? == Some(Kind::Dir) => {}
                     _ => bail!("{current} is a symlink that does not lead to a directory; expected a directory"),
                 },
                 Some(other) => bail!("{current} exists as {other:?}; expected a directory"),
@@ -222,7 +258,7 @@ impl Plan {
 
     /// Removes whatever file or link is at `path` so it can be replaced; refuses directories.
     fn clear(&mut self, fs: &Ext, path: &str) -> Result<()> {
-        match kind_at(fs, path)? {
+        match self.kind_at(fs, path)? {
             None => {}
             Some(Kind::File(_) | Kind::Symlink) => self.script.rm(path),
             Some(other) => bail!("{path} exists as {other:?}; expected a file or symlink to replace"),
@@ -240,6 +276,17 @@ impl Plan {
         Ok(())
     }
 
+    /// Like [`Plan::file`], for an extension image: allocated by debugfs, filled by composer.
+    fn image(&mut self, fs: &Ext, source: &Path, size: u64, path: &str, block: u64, empty: &Path) -> Result<()> {
+        self.clear(fs, path)?;
+        self.script.allocate(empty, path, size, block);
+        self.payloads.push(Payload { source: source.to_owned(), path: path.to_owned(), size });
+        self.written.push(Written { path: path.to_owned(), kind: "file", target: None });
+        self.bytes += size.div_ceil(block) * block + (size / (128 << 20) + 1) * block;
+        self.inodes += 1;
+        Ok(())
+    }
+
     fn symlink(&mut self, fs: &Ext, path: &str, target: &str, block: u64) -> Result<()> {
         self.clear(fs, path)?;
         self.script.symlink(path, target);
@@ -251,6 +298,11 @@ impl Plan {
         Ok(())
     }
 }
+
+/// Where Ubuntu's systemd-sysext.service may live (merged /usr: both resolve on 24.04).
+const UBUNTU_SYSEXT_UNITS: [&str; 2] =
+    ["/usr/lib/systemd/system/systemd-sysext.service", "/lib/systemd/system/systemd-sysext.service"];
+const UBUNTU_WANTS: &str = "/etc/systemd/system/sysinit.target.wants";
 
 fn image_path(name: &ExtensionName, file: &str) -> String {
     format!("{}/{file}", transfer::target_dir(name))
@@ -265,6 +317,18 @@ fn plan(
     block: u64,
 ) -> Result<Plan> {
     let mut p = Plan::new();
+    let mut lookups = vec!["/etc/extensions/x".to_owned(), "/etc/sysupdate.d/noop.conf".to_owned()];
+    for v in exts {
+        let name = &v.extension.image.name;
+        lookups.push(image_path(name, &v.extension.image.to_string()));
+        lookups.push(transfer::current_symlink(name));
+        lookups.push(format!("/etc/sysupdate.{name}.d/x"));
+    }
+    lookups.extend(UBUNTU_SYSEXT_UNITS.iter().map(|u| u.to_string()));
+    lookups.push(format!("{UBUNTU_WANTS}/systemd-sysext.service"));
+    p.prefetch(fs, &lookups)?;
+    let empty = scratch.join("empty");
+    fs_err::write(&empty, b"")?;
     let mut dirs = BTreeSet::new();
     p.ensure_dir(fs, "/etc/extensions", &mut dirs)?;
     for v in exts {
@@ -273,7 +337,7 @@ fn plan(
         let dir = transfer::target_dir(name);
         p.ensure_dir(fs, &dir, &mut dirs)?;
         let dest = image_path(name, &e.image.to_string());
-        p.file(fs, &e.path, e.size, &dest, block)?;
+        p.image(fs, &e.path, e.size, &dest, block, &empty)?;
         p.symlink(fs, &transfer::current_symlink(name), &dest, block)?;
         if let Some(base) = sysupdate {
             let conf_dir = format!("/etc/sysupdate.{name}.d");
@@ -298,13 +362,22 @@ fn plan(
     }
     if target.distro == Distro::Ubuntu {
         // Ubuntu ships systemd-sysext.service disabled: without this link nothing merges.
-        let unit = ["/usr/lib/systemd/system/systemd-sysext.service", "/lib/systemd/system/systemd-sysext.service"]
-            .into_iter()
-            .find_map(|u| fs.resolve(u).ok().flatten().map(|_| u));
+        let mut unit = None;
+        for u in UBUNTU_SYSEXT_UNITS {
+            let found = match p.kind_at(fs, u)? {
+                Some(Kind::File(_)) => true,
+                Some(Kind::Symlink) => fs.resolve(u)?.is_some(),
+                _ => false,
+            };
+            if found {
+                unit = Some(u);
+                break;
+            }
+        }
         let Some(unit) = unit else {
             bail!("partition {} has no /usr/lib/systemd/system/systemd-sysext.service; this image's systemd cannot merge system extensions", target.root.partition.number);
         };
-        let wants = "/etc/systemd/system/sysinit.target.wants";
+        let wants = UBUNTU_WANTS;
         p.ensure_dir(fs, wants, &mut dirs)?;
         p.symlink(fs, &format!("{wants}/systemd-sysext.service"), unit, block)?;
     }
@@ -324,7 +397,6 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
     if req.out.exists() {
         bail!("{} already exists; refusing to overwrite it", req.out.display());
     }
-    let exts = resolve_all(&req.check)?;
     let format = input::detect(input_path)?;
     let staging = Staging::beside(&req.out)?;
     let work = staging.path().join("disk.raw");
@@ -332,11 +404,27 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
     // Everything read-only (analysis, the pre-check, planning) runs on a raw input in place,
     // before copying: a refusal then costs no copy, and e2fsprogs, which fsyncs its device on
     // close even when read-only, does not flush the fresh copy early, once per lookup.
+    let mut copy = None;
+    let mut resolved = None;
     let analysed = if format == InputFormat::Raw {
+        // The partition that will be edited is copied first, so the edit can overlap with
+        // copying the rest; an unrecognised layout is reported by the analysis below.
+        let gpt = Gpt::read(input_path)?;
+        let parts = target::probe_partitions(input_path, &gpt)
+            .with_context(|| format!("reading partitions of {}", input_path.display()))?;
+        let first = target::find_root(input_path, &parts, req.check.target)
+            .map_or(0..0, |(_, r)| r.partition.offset..r.partition.offset + r.partition.size);
+        copy = Some(input::BackgroundCopy::start(input_path, &work, first)?);
         input_path.clone()
     } else {
+        // Decompressing takes long: refuse a bad extension argument before that.
+        resolved = Some(resolve_all(&req.check)?);
         input::materialize(input_path, format, &work)?;
         work.clone()
+    };
+    let exts = match resolved {
+        Some(e) => e,
+        None => resolve_all(&req.check)?,
     };
     let report = analyse(&analysed, format, &req.check, exts)?;
     let root_part = report.target.root.partition.clone();
@@ -365,8 +453,18 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
         );
     }
 
-    if format == InputFormat::Raw {
-        input::materialize(input_path, format, &work)?;
+    if let Some(c) = &copy {
+        if c.wait_first().is_err() {
+            copy.take().expect("present").finish()?;
+            bail!("copying {} stopped early", input_path.display());
+        }
+    }
+    let fs = Ext::new(&work, root_part.offset);
+    let output = fs.apply(&plan.script, staging.path()).with_context(|| format!("writing into {part}"))?;
+    fill(&fs, &work, root_part.offset, block, &plan.payloads, &output, staging.path())
+        .with_context(|| format!("writing extension images into {part}"))?;
+    if let Some(c) = copy {
+        c.finish()?;
     }
     // The copy must be what was analysed: re-read the table from it.
     let gpt = Gpt::read(&work)?;
@@ -375,8 +473,6 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
         .iter()
         .find(|p| p.number == root_part.number && p.offset == root_part.offset && p.size == root_part.size)
         .with_context(|| format!("{}: partition table changed while copying", input_path.display()))?;
-    let fs = Ext::new(&work, root.offset);
-    fs.apply(&plan.script, staging.path()).with_context(|| format!("writing into {part}"))?;
     fs.fsck().with_context(|| format!("checking {part} after composing"))?;
     verify(&fs, &report.extensions).with_context(|| format!("reading back {part}"))?;
 
@@ -403,18 +499,89 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
     })
 }
 
+/// Copies each image into the blocks debugfs allocated for it, then marks them initialised.
+///
+/// The extent map debugfs printed is checked to cover the file exactly before a byte is
+/// written, and re-read afterwards: a block written outside the file's own extents would
+/// corrupt the filesystem in a way e2fsck cannot see.
+fn fill(
+    fs: &Ext,
+    image: &Path,
+    offset: u64,
+    block: u64,
+    payloads: &[Payload],
+    output: &str,
+    scratch: &Path,
+) -> Result<()> {
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    let disk = fs_err::OpenOptions::new().write(true).open(image)?;
+    let mut script = Script::new();
+    let mut maps = Vec::new();
+    for p in payloads {
+        let extents = crate::e2fs::parse_extents(crate::e2fs::extents_section(output, &p.path));
+        let blocks = p.size.div_ceil(block);
+        let mut next = 0;
+        for e in &extents {
+            if e.lblk != next || !e.uninit {
+                bail!("{}: unexpected extent map from debugfs: {extents:?}", p.path);
+            }
+            next += e.len;
+        }
+        if next != blocks {
+            bail!("{}: debugfs allocated {next} blocks, expected {blocks}", p.path);
+        }
+        let src = fs_err::File::open(&p.source)?;
+        for e in &extents {
+            let from = e.lblk * block;
+            let len = (e.len * block).min(p.size - from);
+            let at = offset + e.pblk * block;
+            input::copy_between(src.file(), from, disk.file(), at, len)
+                .with_context(|| format!("copying {} into {}", p.source.display(), p.path))?;
+            // The tail of the last block: zeros, not whatever the free block held before.
+            let tail = e.len * block - len;
+            if tail > 0 {
+                std::os::unix::fs::FileExt::write_all_at(disk.file(), &vec![0u8; tail as usize], at + len)?;
+            }
+        }
+        script.initialise(&p.path, &extents);
+        maps.push((p, extents));
+    }
+    fs.apply(&script, scratch)?;
+    for (p, before) in maps {
+        let after = fs.extents(&p.path)?;
+        let expected: Vec<_> = before.iter().map(|e| crate::e2fs::Extent { uninit: false, ..*e }).collect();
+        if after != expected {
+            bail!("{}: extent map after initialising is {after:?}, expected {expected:?}", p.path);
+        }
+    }
+    Ok(())
+}
+
 /// Reads back every link and image, as the booted system will see them.
 fn verify(fs: &Ext, exts: &[Verdict]) -> Result<()> {
+    let mut paths = Vec::new();
+    for v in exts {
+        let e = &v.extension;
+        paths.push(transfer::current_symlink(&e.image.name));
+        paths.push(image_path(&e.image.name, &e.image.to_string()));
+    }
+    let found = fs.stat_many(&paths)?;
     for v in exts {
         let e = &v.extension;
         let link = transfer::current_symlink(&e.image.name);
         let want = image_path(&e.image.name, &e.image.to_string());
-        let got = fs.read_link(&link)?;
+        let got = match found.get(&link).cloned().flatten() {
+            // Targets of 60 bytes or more live in a data block, which stat does not show.
+            Some(st) if st.kind == Kind::Symlink && st.fast_link.is_none() => fs.read_link(&link)?,
+            st => st.and_then(|s| s.fast_link),
+        };
         if got.as_deref() != Some(want.as_str()) {
             bail!("{link} points to {got:?}; expected {want}");
         }
-        match fs.stat(&want)? {
-            Some(st) if st.kind == Kind::File(e.size) && st.uid == 0 && st.mode == 0o644 => {}
+        match found.get(&want).cloned().flatten() {
+            Some(st) if st.kind == Kind::File(e.size) && st.uid == 0 && st.gid == 0 && st.mode == 0o644 => {}
             other => bail!("{want}: expected a root-owned 0644 file of {} bytes, found {other:?}", e.size),
         }
     }

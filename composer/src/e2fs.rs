@@ -7,9 +7,11 @@
 //! *parent* of an absolute path relative to the current directory (so every edit is issued as
 //! `cd <absolute parent>` followed by the base name).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// A debugfs or e2fsck failure, with the command and what the tool said.
 #[derive(Debug, thiserror::Error)]
@@ -181,29 +183,49 @@ impl Ext {
 
     /// Metadata of `path`, not following a final symlink.
     pub fn stat(&self, path: &str) -> Result<Option<Stat>, E2fsError> {
-        let Some(out) = self.request(&format!("stat {}", quote(path)))? else { return Ok(None) };
-        let text = String::from_utf8_lossy(&out);
-        let field =
-            |key: &str| text.split_whitespace().skip_while(|w| *w != key).nth(1).map(str::to_owned).unwrap_or_default();
-        let mode = u32::from_str_radix(&field("Mode:"), 8).unwrap_or(0);
-        let size = field("Size:").parse().unwrap_or(0);
-        let kind = match field("Type:").as_str() {
-            "regular" => Kind::File(size),
-            "directory" => Kind::Dir,
-            "symlink" => Kind::Symlink,
-            other => Kind::Other(other.to_owned()),
-        };
-        let fast_link = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
-            .map(|s| s.trim().trim_matches('"').to_owned());
-        Ok(Some(Stat {
-            kind,
-            mode,
-            uid: field("User:").parse().unwrap_or(0),
-            gid: field("Group:").parse().unwrap_or(0),
-            fast_link,
-        }))
+        Ok(self.request(&format!("stat {}", quote(path)))?.map(|out| parse_stat(&String::from_utf8_lossy(&out))))
+    }
+
+    /// [`Ext::stat`] of many paths in one debugfs session: every run opens the filesystem
+    /// and fsyncs the image on close, which dominates a lookup.
+    pub fn stat_many(&self, paths: &[String]) -> Result<HashMap<String, Option<Stat>>, E2fsError> {
+        let mut result: HashMap<String, Option<Stat>> = paths.iter().map(|p| (p.clone(), None)).collect();
+        if paths.is_empty() {
+            return Ok(result);
+        }
+        let mut script = String::new();
+        for p in paths {
+            let _ = writeln!(script, "stat {}", quote(p));
+        }
+        let mut cmd = self.tool("debugfs");
+        cmd.arg("-f").arg("-").arg(self.device());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|cause| E2fsError::Spawn { tool: "debugfs", cause })?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // Written from another thread: debugfs reads commands as it runs them, so a long script
+        // and a full output pipe would otherwise wait for each other.
+        let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+        let out = child.wait_with_output().map_err(|cause| E2fsError::Spawn { tool: "debugfs", cause })?;
+        let written = writer.join().unwrap_or_else(|_| Err(std::io::Error::other("stdin writer panicked")));
+        written.map_err(|cause| E2fsError::Spawn { tool: "debugfs", cause })?;
+        let errors: Vec<String> =
+            self.errors(&out).into_iter().filter(|e| !e.contains("File not found by ext2_lookup")).collect();
+        if !errors.is_empty() || !out.status.success() {
+            return Err(E2fsError::Debugfs { device: self.device(), errors });
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Each command is echoed as `debugfs: stat PATH`; a missing path prints nothing.
+        for section in text.split("debugfs: stat ").skip(1) {
+            let (cmd, body) = section.split_once('\n').unwrap_or((section, ""));
+            let path = cmd.trim().trim_matches('"');
+            if body.trim().is_empty() {
+                continue;
+            }
+            if let Some(slot) = result.get_mut(path) {
+                *slot = Some(parse_stat(body));
+            }
+        }
+        Ok(result)
     }
 
     /// Contents of a file (or of a slow symlink's target block).
@@ -228,17 +250,23 @@ impl Ext {
     pub fn resolve(&self, path: &str) -> Result<Option<String>, E2fsError> {
         let mut current = path.to_owned();
         for _ in 0..16 {
-            match self.read_link(&current)? {
-                None => return Ok(self.stat(&current)?.map(|_| current)),
-                Some(target) => {
-                    let joined = if target.starts_with('/') {
-                        target
-                    } else {
-                        format!("{}/{target}", split(&current).0.trim_end_matches('/'))
-                    };
-                    current = normalize(&joined);
-                }
+            let Some(st) = self.stat(&current)? else { return Ok(None) };
+            if st.kind != Kind::Symlink {
+                return Ok(Some(current));
             }
+            let target = match st.fast_link {
+                Some(t) => t,
+                None => match self.cat(&current)? {
+                    Some(b) => String::from_utf8_lossy(&b).trim_end_matches('\0').to_owned(),
+                    None => return Ok(None),
+                },
+            };
+            let joined = if target.starts_with('/') {
+                target
+            } else {
+                format!("{}/{target}", split(&current).0.trim_end_matches('/'))
+            };
+            current = normalize(&joined);
         }
         Ok(None)
     }
@@ -259,8 +287,9 @@ impl Ext {
         Ok(Some(entries))
     }
 
-    /// Runs a write script in one debugfs session; any error line fails it.
-    pub fn apply(&self, script: &Script, scratch: &Path) -> Result<(), E2fsError> {
+    /// Runs a write script in one debugfs session; any error line fails it. Returns what the
+    /// session printed, sectioned by [`Script::extents`] requests.
+    pub fn apply(&self, script: &Script, scratch: &Path) -> Result<String, E2fsError> {
         let path = scratch.join("debugfs.cmds");
         std::fs::write(&path, &script.text).map_err(|cause| E2fsError::Script { path: path.clone(), cause })?;
         let mut cmd = self.tool("debugfs");
@@ -270,7 +299,13 @@ impl Ext {
         if !errors.is_empty() || !out.status.success() {
             return Err(E2fsError::Debugfs { device: self.device(), errors });
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The leaf extents of `path`.
+    pub fn extents(&self, path: &str) -> Result<Vec<Extent>, E2fsError> {
+        let out = self.request(&format!("ex -l {}", quote(path)))?.unwrap_or_default();
+        Ok(parse_extents(&String::from_utf8_lossy(&out)))
     }
 
     /// `e2fsck -fn`: a full read-only check; any complaint is an error.
@@ -286,6 +321,63 @@ impl Ext {
         let tail = lines[lines.len().saturating_sub(8)..].join(" | ");
         Err(E2fsError::Fsck { device: self.device(), code: out.status.code().unwrap_or(-1), tail })
     }
+}
+
+/// One leaf extent: `len` blocks from logical block `lblk` stored at physical block `pblk`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// First logical block.
+    pub lblk: u64,
+    /// First physical block (relative to the filesystem).
+    pub pblk: u64,
+    /// Number of blocks.
+    pub len: u64,
+    /// Allocated but not yet initialised (reads as zeros).
+    pub uninit: bool,
+}
+
+/// Parses `ex -l` (leaf rows: `L0 - L1  P0 - P1  LEN [Uninit]`), optionally only the section
+/// after the echoed command `debugfs: ex -l PATH` in a script's output.
+pub fn parse_extents(text: &str) -> Vec<Extent> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        let Some(i) = t.iter().position(|w| *w == "-") else { continue };
+        if i == 0 || t.len() < i + 6 || t[i + 3] != "-" {
+            continue;
+        }
+        let num = |k: usize| t[k].parse::<u64>().ok();
+        if let (Some(lblk), Some(pblk), Some(len)) = (num(i - 1), num(i + 2), num(i + 5)) {
+            out.push(Extent { lblk, pblk, len, uninit: t.get(i + 6) == Some(&"Uninit") });
+        }
+    }
+    out
+}
+
+/// The part of a script's output that answers `debugfs: ex -l PATH`.
+pub fn extents_section<'a>(output: &'a str, path: &str) -> &'a str {
+    let marker = format!("debugfs: ex -l {}\n", quote(path));
+    let Some(start) = output.find(&marker).map(|i| i + marker.len()) else { return "" };
+    let rest = &output[start..];
+    &rest[..rest.find("debugfs: ").unwrap_or(rest.len())]
+}
+
+fn parse_stat(text: &str) -> Stat {
+    let field =
+        |key: &str| text.split_whitespace().skip_while(|w| *w != key).nth(1).map(str::to_owned).unwrap_or_default();
+    let mode = u32::from_str_radix(&field("Mode:"), 8).unwrap_or(0);
+    let size = field("Size:").parse().unwrap_or(0);
+    let kind = match field("Type:").as_str() {
+        "regular" => Kind::File(size),
+        "directory" => Kind::Dir,
+        "symlink" => Kind::Symlink,
+        other => Kind::Other(other.to_owned()),
+    };
+    let fast_link = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
+        .map(|s| s.trim().trim_matches('"').to_owned());
+    Stat { kind, mode, uid: field("User:").parse().unwrap_or(0), gid: field("Group:").parse().unwrap_or(0), fast_link }
 }
 
 /// Collapses `.`, `..` and repeated slashes in an absolute path.
@@ -342,6 +434,36 @@ impl Script {
         self.own(path, 0o100644);
     }
 
+    /// Creates a root-owned 0644 file of `size` bytes whose blocks are allocated (as
+    /// uninitialised extents) but not written, and asks for its extent map; the caller fills
+    /// the blocks in place and then calls [`Script::initialise`]. This is how large images
+    /// go in: debugfs's own `write` maps and writes one 4 KiB block at a time.
+    pub fn allocate(&mut self, empty: &Path, path: &str, size: u64, block: u64) {
+        let (parent, base) = split(path);
+        let src = empty.to_string_lossy();
+        let _ = writeln!(self.text, "cd {}\nwrite {} {}", quote(parent), quote(&src), quote(base));
+        if size > 0 {
+            let _ = writeln!(self.text, "fallocate {} 0 {}", quote(path), size.div_ceil(block) - 1);
+        }
+        let _ = writeln!(self.text, "sif {} size {size}", quote(path));
+        self.own(path, 0o100644);
+        self.extents(path);
+    }
+
+    /// Prints the extent map of `path` into the session output (see [`extents_section`]).
+    pub fn extents(&mut self, path: &str) {
+        let _ = writeln!(self.text, "ex -l {}", quote(path));
+    }
+
+    /// Marks the extents of `path`, now holding data, as initialised.
+    pub fn initialise(&mut self, path: &str, extents: &[Extent]) {
+        let _ = writeln!(self.text, "extent_open {}", quote(path));
+        for e in extents {
+            let _ = writeln!(self.text, "goto_block {}\nreplace_node {} {} {}", e.lblk, e.lblk, e.len, e.pblk);
+        }
+        let _ = writeln!(self.text, "extent_close");
+    }
+
     /// Creates a symlink `path` → `target`.
     pub fn symlink(&mut self, path: &str, target: &str) {
         let (parent, base) = split(path);
@@ -376,6 +498,20 @@ mod tests {
         assert!(t.contains("cd /etc/extensions\nsymlink k.raw /opt/extensions/k/k-v1-x86-64.raw\n"), "{t}");
         assert_eq!(quote("a b"), "\"a b\"");
         assert_eq!(split("/etc"), ("/", "etc"));
+    }
+
+    #[test]
+    fn parses_extent_maps() {
+        let out = "debugfs: ex -l /a\nLevel Entries       Logical      Physical Length Flags\n 0/ 0   1/  1     0 - 12207  4852 - 17059  12208 Uninit\n 1/ 1   2/  3 12208 - 12208 20000 - 20000      1 \ndebugfs: sif /b size 1\n";
+        let ex = parse_extents(extents_section(out, "/a"));
+        assert_eq!(
+            ex,
+            [
+                Extent { lblk: 0, pblk: 4852, len: 12208, uninit: true },
+                Extent { lblk: 12208, pblk: 20000, len: 1, uninit: false }
+            ]
+        );
+        assert!(extents_section(out, "/b").is_empty());
     }
 
     #[test]

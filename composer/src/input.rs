@@ -10,6 +10,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -127,28 +129,135 @@ fn write_sparse(mut reader: impl Read, dest: &Path) -> io::Result<u64> {
     Ok(len)
 }
 
+/// A raw copy running on another thread, so it overlaps with the read-only analysis of the
+/// input and with the edit. One byte range (the partition to edit) is copied first and
+/// announced, so the edit can start while the rest of the disk is still being copied; the
+/// edit and the rest of the copy never touch the same bytes.
+#[derive(Debug)]
+pub struct BackgroundCopy {
+    handle: Option<std::thread::JoinHandle<io::Result<u64>>>,
+    cancel: Arc<AtomicBool>,
+    first_done: std::sync::mpsc::Receiver<()>,
+    input: PathBuf,
+    dest: PathBuf,
+}
+
+impl BackgroundCopy {
+    /// Starts copying the raw image `input` to `dest`, the bytes `first` before all others.
+    pub fn start(input: &Path, dest: &Path, first: std::ops::Range<u64>) -> Result<Self> {
+        let src = File::open(input).with_context(|| format!("opening input image {}", input.display()))?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (flag, to) = (cancel.clone(), dest.to_owned());
+        let (tx, first_done) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || copy_sparse_file_with(&src, &to, &flag, first, Some(tx)));
+        Ok(Self { handle: Some(handle), cancel, first_done, input: input.to_owned(), dest: dest.to_owned() })
+    }
+
+    /// Waits until the first range is in place (or the copy failed, which [`Self::finish`]
+    /// then reports).
+    pub fn wait_first(&self) -> Result<()> {
+        self.first_done.recv().map_err(|_| anyhow::anyhow!("copying {} stopped early", self.input.display()))
+    }
+
+    /// Waits for the copy to finish.
+    pub fn finish(mut self) -> Result<()> {
+        let handle = self.handle.take().expect("joined once");
+        let result = handle.join().map_err(|_| anyhow::anyhow!("the copy thread panicked"))?;
+        result.map(drop).with_context(|| format!("copying {} to {}", self.input.display(), self.dest.display()))
+    }
+}
+
+impl Drop for BackgroundCopy {
+    /// An abandoned copy (a refusal) stops at its next chunk and is waited for, so nothing
+    /// writes into the scratch directory after its guard removed it.
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Copies only the data extents of `src`; holes stay holes.
 fn copy_sparse_file(src: &File, dest: &Path) -> io::Result<u64> {
+    copy_sparse_file_with(src, dest, &AtomicBool::new(false), 0..0, None)
+}
+
+fn copy_sparse_file_with(
+    src: &File,
+    dest: &Path,
+    cancel: &AtomicBool,
+    first: std::ops::Range<u64>,
+    first_done: Option<std::sync::mpsc::Sender<()>>,
+) -> io::Result<u64> {
     let len = src.metadata()?.len();
     let out = File::create_new(dest)?;
     out.set_len(len)?;
-    let mut pos = 0u64;
-    while pos < len {
+    let first = first.start.min(len)..first.end.min(len);
+    let copied = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // Flush behind the copy: every e2fsprogs run fsyncs the image when it closes it, so
+        // the copied gigabytes reach the disk before the first edit is done either way.
+        // Writing them back while the rest is still being read overlaps the two instead of
+        // doing them in turn, and keeps dirty memory low on small CI machines. Errors surface
+        // in the final fdatasync below.
+        scope.spawn(|| {
+            while !copied.load(Ordering::Relaxed) && !cancel.load(Ordering::Relaxed) {
+                let _ = rustix::fs::fdatasync(&out);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let result = (|| {
+            copy_extents(src, &out, first.clone(), cancel)?;
+            if let Some(tx) = first_done {
+                let _ = tx.send(());
+            }
+            copy_extents(src, &out, 0..first.start, cancel)?;
+            copy_extents(src, &out, first.end..len, cancel)
+        })();
+        copied.store(true, Ordering::Relaxed);
+        result
+    })?;
+    rustix::fs::fdatasync(&out)?;
+    Ok(len)
+}
+
+/// Copies the data extents of `src` within `range`.
+fn copy_extents(src: &File, out: &File, range: std::ops::Range<u64>, cancel: &AtomicBool) -> io::Result<()> {
+    let mut pos = range.start;
+    while pos < range.end {
         let data = match rustix::fs::seek(src, rustix::fs::SeekFrom::Data(pos)) {
-            Ok(d) => d,
+            Ok(d) if d < range.end => d,
+            Ok(_) => break,
             // ENXIO: no data after `pos`, the rest is a hole.
             Err(rustix::io::Errno::NXIO) => break,
             Err(e) => return Err(e.into()),
         };
-        let hole = rustix::fs::seek(src, rustix::fs::SeekFrom::Hole(data))?.min(len);
-        copy_range(src, &out, data, hole - data)?;
+        let hole = rustix::fs::seek(src, rustix::fs::SeekFrom::Hole(data))?.min(range.end);
+        // In chunks, so a cancelled copy stops soon.
+        let mut at = data;
+        while at < hole {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "copy cancelled"));
+            }
+            let n = (hole - at).min(64 << 20);
+            copy_range(src, out, at, n)?;
+            at += n;
+        }
         pos = hole;
     }
-    Ok(len)
+    Ok(())
 }
 
-fn copy_range(src: &File, out: &File, start: u64, mut remaining: u64) -> io::Result<()> {
-    let (mut off_in, mut off_out) = (start, start);
+/// Copies `len` bytes from `src` at `start` to `out` at the same offset, in the kernel.
+fn copy_range(src: &File, out: &File, start: u64, len: u64) -> io::Result<()> {
+    copy_between(src, start, out, start, len)
+}
+
+/// Copies `remaining` bytes from `src` at `off_in` to `out` at `off_out`, in the kernel where
+/// the filesystem allows it.
+pub(crate) fn copy_between(src: &File, off_in: u64, out: &File, off_out: u64, mut remaining: u64) -> io::Result<()> {
+    let (mut off_in, mut off_out) = (off_in, off_out);
     while remaining > 0 {
         let chunk = remaining.min(1 << 30) as usize;
         match rustix::fs::copy_file_range(src, Some(&mut off_in), out, Some(&mut off_out), chunk) {
@@ -236,6 +345,14 @@ mod tests {
 
         let copy = dir.path().join("copy");
         copy_sparse_file(&File::open(&dest).unwrap(), &copy).unwrap();
+        assert_eq!(std::fs::read(&copy).unwrap(), data);
+
+        // A range copied first, announced, and the rest around it.
+        let copy = dir.path().join("copy2");
+        let first = BLOCK as u64 + 3..3 * BLOCK as u64;
+        let copier = BackgroundCopy::start(&dest, &copy, first).unwrap();
+        copier.wait_first().unwrap();
+        copier.finish().unwrap();
         assert_eq!(std::fs::read(&copy).unwrap(), data);
     }
 

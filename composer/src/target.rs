@@ -232,28 +232,7 @@ pub fn detect(
     choice: TargetChoice,
     overrides: &Overrides,
 ) -> Result<Target, TargetError> {
-    let flatcar_root = parts.iter().find(|p| p.partition.label == FLATCAR_ROOT_LABEL);
-    let ubuntu_root = parts.iter().find(|p| p.filesystem.label.as_deref() == Some(UBUNTU_ROOT_FS_LABEL));
-    let missing =
-        |what, expected| TargetError::Missing { image: image.to_owned(), what, expected, found: summary(parts) };
-    let (distro, root) = match choice {
-        TargetChoice::Flatcar => (
-            Distro::Flatcar,
-            flatcar_root
-                .ok_or_else(|| missing("partition with PARTLABEL ROOT", "Flatcar's ROOT (ext4, partition 9)"))?,
-        ),
-        TargetChoice::Ubuntu => (
-            Distro::Ubuntu,
-            ubuntu_root.ok_or_else(|| {
-                missing("filesystem labelled cloudimg-rootfs", "Ubuntu's root filesystem (ext4, usually partition 1)")
-            })?,
-        ),
-        TargetChoice::Auto => match (flatcar_root, ubuntu_root) {
-            (Some(r), _) => (Distro::Flatcar, r),
-            (None, Some(r)) => (Distro::Ubuntu, r),
-            (None, None) => return Err(TargetError::Unrecognised { image: image.to_owned(), found: summary(parts) }),
-        },
-    };
+    let (distro, root) = find_root(image, parts, choice)?;
     if root.filesystem.kind != FsKind::Ext4 {
         return Err(TargetError::NotExt4 {
             image: image.to_owned(),
@@ -295,6 +274,38 @@ pub fn detect(
         None => detect_arch(image, gpt, usr)?,
     };
     Ok(Target { distro, root: root.clone(), os_release, arch })
+}
+
+/// The partition composer would write into, by layout: the `ROOT` PARTLABEL (Flatcar) or
+/// the `cloudimg-rootfs` filesystem label (Ubuntu).
+pub fn find_root<'a>(
+    image: &Path,
+    parts: &'a [ProbedPartition],
+    choice: TargetChoice,
+) -> Result<(Distro, &'a ProbedPartition), TargetError> {
+    let flatcar_root = parts.iter().find(|p| p.partition.label == FLATCAR_ROOT_LABEL);
+    let ubuntu_root = parts.iter().find(|p| p.filesystem.label.as_deref() == Some(UBUNTU_ROOT_FS_LABEL));
+    let missing =
+        |what, expected| TargetError::Missing { image: image.to_owned(), what, expected, found: summary(parts) };
+    let (distro, root) = match choice {
+        TargetChoice::Flatcar => (
+            Distro::Flatcar,
+            flatcar_root
+                .ok_or_else(|| missing("partition with PARTLABEL ROOT", "Flatcar's ROOT (ext4, partition 9)"))?,
+        ),
+        TargetChoice::Ubuntu => (
+            Distro::Ubuntu,
+            ubuntu_root.ok_or_else(|| {
+                missing("filesystem labelled cloudimg-rootfs", "Ubuntu's root filesystem (ext4, usually partition 1)")
+            })?,
+        ),
+        TargetChoice::Auto => match (flatcar_root, ubuntu_root) {
+            (Some(r), _) => (Distro::Flatcar, r),
+            (None, Some(r)) => (Distro::Ubuntu, r),
+            (None, None) => return Err(TargetError::Unrecognised { image: image.to_owned(), found: summary(parts) }),
+        },
+    };
+    Ok((distro, root))
 }
 
 fn read_os_release(

@@ -331,9 +331,12 @@ fn signatures_are_checked_with_pubkey() {
 
 #[test]
 fn release_index_channels_are_not_wired_yet() {
+    if !have_disk_tools() {
+        return;
+    }
     let work = tempfile::tempdir().unwrap();
-    let input = work.path().join("in.img");
-    std::fs::write(&input, b"x").unwrap();
+    let Some(_) = host_arch() else { return };
+    let input = flatcar_disk(work.path()).path;
     let before = sha256(&input);
     let out = work.path().join("out.img");
     let o = composer()
