@@ -535,3 +535,50 @@ fn refuses_to_overwrite_out_or_the_input() {
     assert!(stderr(&o).contains("already exists; refusing to overwrite it"), "{}", stderr(&o));
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep");
 }
+
+/// A 40 MiB image in a filesystem of 1 KiB blocks and 8 MiB block groups cannot be one
+/// extent: the allocate-then-fill path must follow a multi-extent map (with an index block).
+#[test]
+fn composes_a_large_image_spanning_many_extents() {
+    if !have_disk_tools() || !disk::have_tools(&["mksquashfs"]) {
+        return;
+    }
+    let Some(arch) = host_arch() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("usr/lib/extension-release.d")).unwrap();
+    std::fs::create_dir_all(tree.join("usr/share/big")).unwrap();
+    std::fs::write(
+        tree.join("usr/lib/extension-release.d/extension-release.big"),
+        format!("ID=_any\nARCHITECTURE={arch}\n"),
+    )
+    .unwrap();
+    // Incompressible, deterministic payload.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let payload: Vec<u8> = (0..40 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(tree.join("usr/share/big/payload"), payload).unwrap();
+    let image = work.path().join(format!("big-1.0-{arch}.raw"));
+    let st = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&image)
+        .args(["-all-root", "-noappend", "-quiet", "-noI", "-noD", "-noF", "-noX"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+
+    let disk = flatcar_disk(work.path());
+    let out = work.path().join("composed.img");
+    assert_ok(&compose(&disk.path, &out, &[&image], &[]));
+    let ex = debugfs(&out, disk.root_offset, &format!("ex /opt/extensions/big/big-1.0-{arch}.raw"));
+    let leaves = ex.lines().filter(|l| l.contains(" - ")).count();
+    assert!(leaves > 2, "expected several extents:\n{ex}");
+    assert!(!ex.contains("Uninit"), "{ex}");
+    assert_installed(&out, disk.root_offset, &[&image], work.path());
+}
