@@ -98,18 +98,29 @@ pub fn inspect(image: &Path, overrides: &Overrides) -> Result<Inspection> {
         sysupdate: Vec::new(),
         sysext_enabled_in_etc: false,
     };
-    let t = match target::detect(&raw, &gpt, &partitions, TargetChoice::Auto, overrides) {
-        Ok(t) => t,
-        Err(e) => {
-            out.problem = Some(e.to_string());
+    // The installed extensions are listed even when the identity cannot be read (btrfs
+    // USR-A without --os-release): the root alone decides where they are.
+    let root = match target::find_root(&raw, &partitions, TargetChoice::Auto) {
+        Ok((distro, root)) if root.filesystem.kind.is_ext() => {
+            out.distro = Some(distro);
+            out.root_partition = Some(root.partition.number);
+            root.partition.offset
+        }
+        Ok(_) | Err(_) => {
+            if let Err(e) = target::detect(&raw, &gpt, &partitions, TargetChoice::Auto, overrides) {
+                out.problem = Some(e.to_string());
+            }
             return Ok(out);
         }
     };
-    out.distro = Some(t.distro);
-    out.root_partition = Some(t.root.partition.number);
-    out.os_release = Some(t.os_release.value.clone());
-    out.arch = Some(t.arch.value);
-    let fs = Ext::new(&raw, t.root.partition.offset);
+    match target::detect(&raw, &gpt, &partitions, TargetChoice::Auto, overrides) {
+        Ok(t) => {
+            out.os_release = Some(t.os_release.value);
+            out.arch = Some(t.arch.value);
+        }
+        Err(e) => out.problem = Some(e.to_string()),
+    }
+    let fs = Ext::new(&raw, root);
     for dir in ["/etc/extensions", "/run/extensions", "/var/lib/extensions"] {
         let mut entries = fs.list(dir)?.unwrap_or_default();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -163,13 +174,13 @@ impl Inspection {
             );
         }
         if let Some(problem) = &self.problem {
-            let _ = writeln!(s, "target:     not recognised: {problem}");
-            return s;
+            let _ = writeln!(s, "problem:    {problem}");
         }
+        let Some(distro) = self.distro else { return s };
         let _ = writeln!(
             s,
             "target:     {:?}, root in partition {}, architecture {}",
-            self.distro.expect("set with root"),
+            distro,
             self.root_partition.unwrap_or_default(),
             self.arch.map(Arch::as_str).unwrap_or("?")
         );

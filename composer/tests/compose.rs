@@ -293,6 +293,15 @@ fn btrfs_usr_needs_os_release_and_arch() {
     );
     assert_ok(&o);
     assert_installed(&out, disk.root_offset, &[&exts.kubernetes], work.path());
+
+    // inspect still lists what is installed, and says what it could not read.
+    let o = composer().args(["inspect", "--json", "--image"]).arg(&out).output().unwrap();
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["distro"], "flatcar");
+    assert_eq!(v["extensions"][0]["name"], "kubernetes");
+    assert!(v["problem"].as_str().unwrap().contains("--os-release FILE"), "{v}");
+    assert!(v.get("os_release").is_none(), "{v}");
 }
 
 #[test]
