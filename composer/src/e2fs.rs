@@ -148,7 +148,7 @@ impl Ext {
     }
 
     fn tool(&self, tool: &'static str) -> Command {
-        let mut c = Command::new(tool);
+        let mut c = Command::new(find_tool(tool));
         c.current_dir(&self.dir).env("DEBUGFS_PAGER", "__none__").env("PAGER", "cat").env("LC_ALL", "C");
         c
     }
@@ -378,6 +378,17 @@ fn parse_stat(text: &str) -> Stat {
         .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
         .map(|s| s.trim().trim_matches('"').to_owned());
     Stat { kind, mode, uid: field("User:").parse().unwrap_or(0), gid: field("Group:").parse().unwrap_or(0), fast_link }
+}
+
+/// Where a system tool is: on `PATH`, else in the sbin directories, which an unprivileged
+/// user's `PATH` usually lacks although e2fsprogs installs there and needs no root here.
+pub fn find_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// Collapses `.`, `..` and repeated slashes in an absolute path.

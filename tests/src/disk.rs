@@ -57,13 +57,23 @@ pub struct SyntheticDisk {
     pub root_number: u32,
 }
 
+/// A system tool by name, also found in the sbin directories an unprivileged `PATH` lacks.
+fn tool(name: &str) -> Command {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    Command::new(found.unwrap_or_else(|| name.into()))
+}
+
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn sfdisk(disk: &Path, script: &str) {
-    let mut child = Command::new("sfdisk")
+    let mut child = tool("sfdisk")
         .args(["--quiet", "--no-reread", "--no-tell-kernel"])
         .arg(disk)
         .stdin(std::process::Stdio::piped())
@@ -79,7 +89,7 @@ fn sfdisk(disk: &Path, script: &str) {
 
 /// `mkfs.ext4` of `size` bytes at `offset` inside `disk`, populated from `tree`.
 fn mkfs_ext(disk: &Path, offset: u64, size: u64, fs_type: &str, label: &str, tree: Option<&Path>, extra: &[&str]) {
-    let mut cmd = Command::new(format!("mkfs.{fs_type}"));
+    let mut cmd = tool(&format!("mkfs.{fs_type}"));
     cmd.args(["-q", "-F", "-L", label, "-E"]).arg(format!("offset={offset}")).args(extra);
     if let Some(t) = tree {
         cmd.arg("-d").arg(t);
@@ -89,7 +99,7 @@ fn mkfs_ext(disk: &Path, offset: u64, size: u64, fs_type: &str, label: &str, tre
 }
 
 fn mkfs_vfat(disk: &Path, offset: u64, size: u64, label: &str) {
-    run(Command::new("mkfs.vfat")
+    run(tool("mkfs.vfat")
         .args(["-n", label, "--offset"])
         .arg((offset / 512).to_string())
         .arg(disk)
