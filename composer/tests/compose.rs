@@ -545,6 +545,44 @@ fn refuses_to_overwrite_out_or_the_input() {
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep");
 }
 
+/// A squashfs extension `<name>-<version>-<arch>.raw` with `ID=_any` and `len` bytes of
+/// incompressible payload, made with mksquashfs (no compression, so the size is predictable).
+fn squashfs_extension(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    arch: sysext_tests::Arch,
+    len: usize,
+) -> std::path::PathBuf {
+    let tree = dir.join(format!("tree-{name}"));
+    std::fs::create_dir_all(tree.join("usr/lib/extension-release.d")).unwrap();
+    std::fs::create_dir_all(tree.join(format!("usr/share/{name}"))).unwrap();
+    std::fs::write(
+        tree.join(format!("usr/lib/extension-release.d/extension-release.{name}")),
+        format!("ID=_any\nARCHITECTURE={arch}\n"),
+    )
+    .unwrap();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let payload: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(tree.join(format!("usr/share/{name}/payload")), payload).unwrap();
+    let image = dir.join(format!("{name}-{version}-{arch}.raw"));
+    let st = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&image)
+        .args(["-all-root", "-noappend", "-quiet", "-noI", "-noD", "-noF", "-noX"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    image
+}
+
 /// A 40 MiB image in a filesystem of 1 KiB blocks and 8 MiB block groups cannot be one
 /// extent: the allocate-then-fill path must follow a multi-extent map (with an index block).
 #[test]
@@ -554,34 +592,7 @@ fn composes_a_large_image_spanning_many_extents() {
     }
     let Some(arch) = host_arch() else { return };
     let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("tree");
-    std::fs::create_dir_all(tree.join("usr/lib/extension-release.d")).unwrap();
-    std::fs::create_dir_all(tree.join("usr/share/big")).unwrap();
-    std::fs::write(
-        tree.join("usr/lib/extension-release.d/extension-release.big"),
-        format!("ID=_any\nARCHITECTURE={arch}\n"),
-    )
-    .unwrap();
-    // Incompressible, deterministic payload.
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    let payload: Vec<u8> = (0..40 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(tree.join("usr/share/big/payload"), payload).unwrap();
-    let image = work.path().join(format!("big-1.0-{arch}.raw"));
-    let st = Command::new("mksquashfs")
-        .arg(&tree)
-        .arg(&image)
-        .args(["-all-root", "-noappend", "-quiet", "-noI", "-noD", "-noF", "-noX"])
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-
+    let image = squashfs_extension(work.path(), "big", "1.0", arch, 40 << 20);
     let disk = flatcar_disk(work.path());
     let out = work.path().join("composed.img");
     assert_ok(&compose(&disk.path, &out, &[&image], &[]));
@@ -590,4 +601,29 @@ fn composes_a_large_image_spanning_many_extents() {
     assert!(leaves > 2, "expected several extents:\n{ex}");
     assert!(!ex.contains("Uninit"), "{ex}");
     assert_installed(&out, disk.root_offset, &[&image], work.path());
+}
+
+/// Link targets of 60 bytes or more are stored in a data block, not in the inode: the
+/// read-back and `inspect` must follow those too.
+#[test]
+fn long_extension_names_get_slow_symlinks() {
+    if !have_disk_tools() || !disk::have_tools(&["mksquashfs"]) {
+        return;
+    }
+    let Some(arch) = host_arch() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let name = "kubernetes-device-plugins-extra";
+    let image = squashfs_extension(work.path(), name, "v1.31.3", arch, 4096);
+    let disk = ubuntu_disk(work.path());
+    let out = work.path().join("composed.img");
+    assert_ok(&compose(&disk.path, &out, &[&image], &[]));
+    let target = format!("/opt/extensions/{name}/{name}-v1.31.3-{arch}.raw");
+    assert!(target.len() >= 60);
+    let st = debugfs(&out, disk.root_offset, &format!("stat /etc/extensions/{name}.raw"));
+    assert!(st.contains("Type: symlink") && !st.contains("Fast link dest"), "{st}");
+    let o = composer().args(["inspect", "--json", "--image"]).arg(&out).output().unwrap();
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["extensions"][0]["link"], target);
+    assert_eq!(v["extensions"][0]["resolves_to"], target);
 }
