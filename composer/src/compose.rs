@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use release_index::transfer;
-use release_index::ExtensionName;
+use release_index::{Arch, ExtensionName};
 use serde::Serialize;
 use signing::PublicKey;
 
@@ -104,11 +104,24 @@ pub struct ComposeReport {
     pub free_after: u64,
 }
 
-fn resolve_all(req: &CheckRequest) -> Result<Vec<ResolvedExtension>> {
+/// Cheap checks of the `--extension` arguments, so a typo fails before a long decompression.
+fn precheck_sources(req: &CheckRequest) -> Result<()> {
     if req.extensions.is_empty() {
         bail!("no --extension given; name at least one image file or NAME@CHANNEL");
     }
-    let opts = ResolveOptions { pubkey: req.pubkey.as_ref(), index: req.index.as_ref() };
+    for s in &req.extensions {
+        if let ExtensionSource::File(p) = s {
+            fs_err::metadata(p).with_context(|| format!("extension '{s}'"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves every source for a target of architecture `arch` (a channel names one artifact
+/// per architecture).
+fn resolve_all(req: &CheckRequest, arch: Arch) -> Result<Vec<ResolvedExtension>> {
+    precheck_sources(req)?;
+    let opts = ResolveOptions { pubkey: req.pubkey.as_ref(), index: req.index.as_ref(), arch: Some(arch) };
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for s in &req.extensions {
@@ -121,12 +134,14 @@ fn resolve_all(req: &CheckRequest) -> Result<Vec<ResolvedExtension>> {
     Ok(out)
 }
 
-/// Recognises the target in a raw image and applies the compatibility rules.
-fn analyse(raw: &Path, format: InputFormat, req: &CheckRequest, exts: Vec<ResolvedExtension>) -> Result<CheckReport> {
+/// Recognises the target in a raw image, resolves the extensions for it, and applies the
+/// compatibility rules.
+fn analyse(raw: &Path, format: InputFormat, req: &CheckRequest) -> Result<CheckReport> {
     let gpt = Gpt::read(raw)?;
     let parts =
         target::probe_partitions(raw, &gpt).with_context(|| format!("reading partitions of {}", raw.display()))?;
     let target = target::detect(raw, &gpt, &parts, req.target, &req.overrides)?;
+    let exts = resolve_all(req, target.arch.value)?;
     let host = Host { os_release: target.os_release.value.clone(), arch: target.arch.value };
     let mut refusals = Vec::new();
     let mut verdicts = Vec::new();
@@ -165,15 +180,15 @@ fn describe_os(os: &release_index::extension_release::ExtensionRelease) -> Strin
 
 /// `composer check`: everything up to, not including, writing.
 pub fn check(req: &CheckRequest) -> Result<CheckReport> {
-    let exts = resolve_all(req)?;
+    precheck_sources(req)?;
     let format = input::detect(&req.image)?;
     if format == InputFormat::Raw {
-        return analyse(&req.image, format, req, exts);
+        return analyse(&req.image, format, req);
     }
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let raw = scratch.path().join("disk.raw");
     input::materialize(&req.image, format, &raw)?;
-    analyse(&raw, format, req, exts)
+    analyse(&raw, format, req)
 }
 
 /// A planned edit: debugfs commands and the space they need.
@@ -405,7 +420,6 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
     // before copying: a refusal then costs no copy, and e2fsprogs, which fsyncs its device on
     // close even when read-only, does not flush the fresh copy early, once per lookup.
     let mut copy = None;
-    let mut resolved = None;
     let analysed = if format == InputFormat::Raw {
         // The partition that will be edited is copied first, so the edit can overlap with
         // copying the rest; an unrecognised layout is reported by the analysis below.
@@ -417,16 +431,12 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
         copy = Some(input::BackgroundCopy::start(input_path, &work, first)?);
         input_path.clone()
     } else {
-        // Decompressing takes long: refuse a bad extension argument before that.
-        resolved = Some(resolve_all(&req.check)?);
+        // Decompressing takes long: refuse a mistyped extension argument before that.
+        precheck_sources(&req.check)?;
         input::materialize(input_path, format, &work)?;
         work.clone()
     };
-    let exts = match resolved {
-        Some(e) => e,
-        None => resolve_all(&req.check)?,
-    };
-    let report = analyse(&analysed, format, &req.check, exts)?;
+    let report = analyse(&analysed, format, &req.check)?;
     let root_part = report.target.root.partition.clone();
     let part = report.target.root.describe();
     let source_fs = Ext::new(&analysed, root_part.offset);

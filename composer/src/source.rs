@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use backhand::{FilesystemReader, InnerNode};
 use release_index::extension_release::ExtensionRelease;
-use release_index::{ExtensionName, ImageName};
+use release_index::{Arch, ExtensionName, ImageName};
 use serde::Serialize;
 use signing::{PublicKey, Sha256Digest};
 
@@ -115,6 +115,9 @@ pub struct ResolveOptions<'a> {
     pub pubkey: Option<&'a PublicKey>,
     /// The release index for `NAME@CHANNEL` sources.
     pub index: Option<&'a IndexLocation>,
+    /// The target image's architecture, which selects a channel's artifact. Local files are
+    /// not filtered by it: the compatibility check reports a mismatch with the reason.
+    pub arch: Option<Arch>,
 }
 
 /// An extension image ready to install: a verified local file and what it declares.
@@ -230,8 +233,9 @@ pub fn resolve(source: &ExtensionSource, opts: ResolveOptions<'_>) -> Result<Res
 
 /// The release-index seam: this should select the newest release of `channel.name` that
 /// matches `channel.channel` in the signed index at `opts.index` (verified with
-/// `opts.pubkey`), download the artifact for the target architecture into a verified local
-/// file, and then hand that file to [`inspect_image`] as `resolve_file` does.
+/// `opts.pubkey`), download the artifact for `opts.arch` into a verified local file (e.g. in
+/// a cache directory), and return it as `resolve_file` does: [`ImageName`] from the artifact,
+/// `extension_release` from [`inspect_image`], size, sha256 and the key id that verified it.
 pub fn resolve_channel(channel: &ChannelRef, _opts: ResolveOptions<'_>) -> Result<ResolvedExtension, SourceError> {
     Err(SourceError::IndexNotWired { channel: channel.clone() })
 }
