@@ -7,8 +7,10 @@
 //! * [`tiny_executable`] — minimal static ELF executables for x86-64 and arm64.
 //! * [`TarGz`] — reproducible `.tar.gz` archives, including hostile ones.
 //! * [`MergeSandbox`] — the real `systemd-sysext merge` in a private mount namespace.
+//! * [`disk`] — small synthetic Flatcar- and Ubuntu-layout disk images, built without root.
 //! * [`is_root`] and [`require_root!`] — skip privileged tests loudly when not root.
 
+pub mod disk;
 pub mod elf;
 pub mod sandbox;
 pub mod server;

@@ -19,6 +19,10 @@ enum Install {
     VarLib { name: String, image: PathBuf },
     /// `/opt/extensions/<name>/<file>` plus the symlink `/etc/extensions/<name>.raw` → it.
     EtcLink { name: String, image: PathBuf },
+    /// The extensions a composed disk image carries: its root partition mounted read-only
+    /// (loop, at an offset), with its `/opt/extensions` and `/etc/extensions` bound over the
+    /// node's, so the links resolve exactly as they will on the booted image.
+    ComposedRoot { disk: PathBuf, offset: u64, size: u64 },
 }
 
 /// A Flatcar-like host identity (`ID=flatcar`, `SYSEXT_LEVEL=1.0`).
@@ -70,6 +74,14 @@ impl MergeSandbox {
         self
     }
 
+    /// Uses the extensions installed in the ext4 root partition (`offset`, `size` in bytes) of
+    /// a composed disk image. The partition is loop-mounted read-only inside the namespace and
+    /// unmounted when the script exits, whatever happened, so the loop device is released.
+    pub fn composed_root(&mut self, disk: &Path, offset: u64, size: u64) -> &mut Self {
+        self.installs.push(Install::ComposedRoot { disk: disk.into(), offset, size });
+        self
+    }
+
     /// Merges the installed images and runs `checks` (POSIX shell, `set -eu`) while they are
     /// merged; then unmerges.
     pub fn run(&self, checks: &str) -> MergeOutput {
@@ -89,8 +101,24 @@ impl MergeSandbox {
         let _ = writeln!(s, "rm -f /etc/os-release && cp {}/os-release /etc/os-release", quote(d));
         let _ = writeln!(s, "mount --bind {}/os-release /usr/lib/os-release", quote(d));
         let _ = writeln!(s, "mkdir -p /etc/extensions /var/lib/extensions /opt/extensions");
+        // Unmounting explicitly (not only by leaving the namespace) detaches the loop device
+        // before this process returns, so callers can assert that nothing is left attached.
+        let _ = writeln!(s, "cleanup() {{ systemd-sysext unmerge >/dev/null 2>&1 || true; umount /opt/extensions /etc/extensions {0}/root 2>/dev/null || true; }}", quote(d));
+        let _ = writeln!(s, "trap cleanup EXIT");
         for install in &self.installs {
             match install {
+                Install::ComposedRoot { disk, offset, size } => {
+                    let root = d.join("root");
+                    let _ = writeln!(s, "mkdir -p {}", quote(&root));
+                    let _ = writeln!(
+                        s,
+                        "mount -t ext4 -o ro,noload,loop,offset={offset},sizelimit={size} {} {}",
+                        quote(disk),
+                        quote(&root)
+                    );
+                    let _ = writeln!(s, "mount --bind {} /opt/extensions", quote(&root.join("opt/extensions")));
+                    let _ = writeln!(s, "mount --bind {} /etc/extensions", quote(&root.join("etc/extensions")));
+                }
                 Install::VarLib { name, image } => {
                     let _ = writeln!(s, "cp {} /var/lib/extensions/{name}.raw", quote(image));
                 }

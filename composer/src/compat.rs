@@ -1,0 +1,223 @@
+//! "Will it merge?": systemd-sysext's compatibility rules, applied before writing.
+//!
+//! systemd skips an incompatible extension *silently* at boot (exit 0, one debug-level log
+//! line), so a node would come up without kubelet and nobody would know why. This is
+//! `extension_release_validate` from systemd (spec-digest §1.5) in the same order, so the
+//! first reason systemd would have reported is the one composer reports.
+
+use release_index::extension_release::ExtensionRelease;
+use release_index::Arch;
+use serde::Serialize;
+
+/// The host side of the comparison: the target image's os-release and CPU architecture.
+#[derive(Clone, Debug, Serialize)]
+pub struct Host {
+    /// The target's os-release fields.
+    pub os_release: ExtensionRelease,
+    /// The target's architecture.
+    pub arch: Arch,
+}
+
+/// Why an extension would be accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "rule")]
+pub enum Accepted {
+    /// `ID=_any`: no version check at all.
+    AnyId,
+    /// The host declares neither `VERSION_ID` nor `SYSEXT_LEVEL` (rolling release); `ID` matched.
+    RollingHost,
+    /// `ID` and `SYSEXT_LEVEL` match.
+    SysextLevel {
+        /// The shared level.
+        level: String,
+    },
+    /// `ID` and `VERSION_ID` match.
+    VersionId {
+        /// The shared version.
+        version_id: String,
+    },
+    /// The host has `SYSEXT_LEVEL` but no `VERSION_ID` and the extension no level: systemd
+    /// falls through and accepts.
+    IdOnly,
+}
+
+/// Why systemd-sysext would skip an extension at boot.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "reason")]
+pub enum Incompatible {
+    /// The extension-release file has no fields.
+    #[error("its extension-release file is empty")]
+    EmptyRelease,
+    /// `SYSEXT_SCOPE` excludes ordinary systems.
+    #[error("SYSEXT_SCOPE='{scope}' does not include 'system'; expected 'system' in the list (the default is 'system portable')")]
+    Scope {
+        /// The extension's scope list.
+        scope: String,
+    },
+    /// `ARCHITECTURE` differs from the host's.
+    #[error("ARCHITECTURE={extension} but the image is {host}; expected ARCHITECTURE={host} or _any")]
+    Architecture {
+        /// The extension's value.
+        extension: String,
+        /// The host's.
+        host: Arch,
+    },
+    /// No `ID`.
+    #[error("its extension-release has no ID; expected ID={host_id} or ID=_any")]
+    MissingId {
+        /// The host's ID.
+        host_id: String,
+    },
+    /// `ID` differs.
+    #[error("ID={extension} but the image's os-release has ID={host}; expected ID={host} or ID=_any")]
+    Id {
+        /// The extension's ID.
+        extension: String,
+        /// The host's ID.
+        host: String,
+    },
+    /// Both declare a level and they differ.
+    #[error(
+        "SYSEXT_LEVEL={extension} but the image's os-release has SYSEXT_LEVEL={host}; expected SYSEXT_LEVEL={host}"
+    )]
+    SysextLevel {
+        /// The extension's level.
+        extension: String,
+        /// The host's level.
+        host: String,
+    },
+    /// The host pins `VERSION_ID` and the extension has none.
+    #[error(
+        "its extension-release has no VERSION_ID (nor a SYSEXT_LEVEL the host declares); expected VERSION_ID={host}"
+    )]
+    MissingVersionId {
+        /// The host's VERSION_ID.
+        host: String,
+    },
+    /// `VERSION_ID` differs.
+    #[error("VERSION_ID={extension} but the image's os-release has VERSION_ID={host}; expected VERSION_ID={host}")]
+    VersionId {
+        /// The extension's VERSION_ID.
+        extension: String,
+        /// The host's.
+        host: String,
+    },
+}
+
+fn nonempty<'a>(r: &'a ExtensionRelease, key: &str) -> Option<&'a str> {
+    r.get(key).filter(|v| !v.is_empty())
+}
+
+/// Applies systemd-sysext's matching rules for a regular (non-initrd) system.
+pub fn check(ext: &ExtensionRelease, host: &Host) -> Result<Accepted, Incompatible> {
+    if ext.fields().is_empty() {
+        return Err(Incompatible::EmptyRelease);
+    }
+    let scope = nonempty(ext, "SYSEXT_SCOPE").unwrap_or("system portable");
+    if !scope.split_whitespace().any(|s| s == "system") {
+        return Err(Incompatible::Scope { scope: scope.to_owned() });
+    }
+    // Architecture comes before ID in systemd, so an arm64 `_any` image is refused for its
+    // architecture, not accepted for its ID.
+    if let Some(a) = nonempty(ext, "ARCHITECTURE") {
+        if a != "_any" && a != host.arch.as_str() {
+            return Err(Incompatible::Architecture { extension: a.to_owned(), host: host.arch });
+        }
+    }
+    let host_id = host.os_release.get("ID").unwrap_or_default();
+    let Some(id) = nonempty(ext, "ID") else {
+        return Err(Incompatible::MissingId { host_id: host_id.to_owned() });
+    };
+    if id == "_any" {
+        return Ok(Accepted::AnyId);
+    }
+    // ID_LIKE matching arrived only in systemd 258; the images targeted run 252–257.
+    if id != host_id {
+        return Err(Incompatible::Id { extension: id.to_owned(), host: host_id.to_owned() });
+    }
+    let host_version = nonempty(&host.os_release, "VERSION_ID");
+    let host_level = nonempty(&host.os_release, "SYSEXT_LEVEL");
+    if host_version.is_none() && host_level.is_none() {
+        return Ok(Accepted::RollingHost);
+    }
+    let ext_level = nonempty(ext, "SYSEXT_LEVEL");
+    if let (Some(h), Some(e)) = (host_level, ext_level) {
+        return if h == e {
+            Ok(Accepted::SysextLevel { level: h.to_owned() })
+        } else {
+            Err(Incompatible::SysextLevel { extension: e.to_owned(), host: h.to_owned() })
+        };
+    }
+    if let Some(h) = host_version {
+        return match nonempty(ext, "VERSION_ID") {
+            None => Err(Incompatible::MissingVersionId { host: h.to_owned() }),
+            Some(e) if e == h => Ok(Accepted::VersionId { version_id: h.to_owned() }),
+            Some(e) => Err(Incompatible::VersionId { extension: e.to_owned(), host: h.to_owned() }),
+        };
+    }
+    Ok(Accepted::IdOnly)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLATCAR: &str = "ID=flatcar\nID_LIKE=coreos\nVERSION_ID=3815.2.0\nSYSEXT_LEVEL=1.0\n";
+    const UBUNTU: &str = "ID=ubuntu\nID_LIKE=debian\nVERSION_ID=\"24.04\"\n";
+
+    fn host(os: &str) -> Host {
+        Host { os_release: ExtensionRelease::parse(os).unwrap(), arch: Arch::X86_64 }
+    }
+
+    fn verdict(ext: &str, os: &str) -> Result<Accepted, Incompatible> {
+        check(&ExtensionRelease::parse(ext).unwrap(), &host(os))
+    }
+
+    /// The empirical truth table of spec-digest §1.5 (systemd 252 on a Flatcar-like host).
+    #[test]
+    fn flatcar_truth_table() {
+        assert!(verdict("ID=flatcar\nSYSEXT_LEVEL=1.0", FLATCAR).is_ok());
+        assert!(verdict("ID=flatcar\nVERSION_ID=3815.2.0", FLATCAR).is_ok());
+        assert_eq!(
+            verdict("ID=flatcar\nSYSEXT_LEVEL=1.0\nVERSION_ID=1", FLATCAR),
+            Ok(Accepted::SysextLevel { level: "1.0".into() })
+        );
+        assert!(matches!(
+            verdict("ID=flatcar\nSYSEXT_LEVEL=2.0\nVERSION_ID=3815.2.0", FLATCAR),
+            Err(Incompatible::SysextLevel { .. })
+        ));
+        assert!(matches!(verdict("ID=flatcar", FLATCAR), Err(Incompatible::MissingVersionId { .. })));
+        assert_eq!(verdict("ID=_any", FLATCAR), Ok(Accepted::AnyId));
+        assert!(matches!(verdict("ID=_any\nARCHITECTURE=arm64", FLATCAR), Err(Incompatible::Architecture { .. })));
+        assert!(matches!(verdict("ARCHITECTURE=x86-64", FLATCAR), Err(Incompatible::MissingId { .. })));
+        // Values compare as exact strings.
+        assert!(verdict("ID=Flatcar\nSYSEXT_LEVEL=1.0", FLATCAR).is_err());
+        assert!(verdict("ID=flatcar\nSYSEXT_LEVEL=1", FLATCAR).is_err());
+    }
+
+    #[test]
+    fn ubuntu_truth_table() {
+        assert!(matches!(verdict("ID=ubuntu\nSYSEXT_LEVEL=1.0", UBUNTU), Err(Incompatible::MissingVersionId { .. })));
+        assert!(matches!(verdict("ID=debian\nVERSION_ID=24.04", UBUNTU), Err(Incompatible::Id { .. })));
+        assert_eq!(
+            verdict("ID=ubuntu\nVERSION_ID=24.04", UBUNTU),
+            Ok(Accepted::VersionId { version_id: "24.04".into() })
+        );
+        assert!(matches!(verdict("ID=ubuntu\nVERSION_ID=22.04", UBUNTU), Err(Incompatible::VersionId { .. })));
+        assert_eq!(verdict("ID=_any\nARCHITECTURE=x86-64", UBUNTU), Ok(Accepted::AnyId));
+    }
+
+    #[test]
+    fn rolling_hosts_scopes_and_edge_cases() {
+        assert_eq!(verdict("ID=arch", "ID=arch\n"), Ok(Accepted::RollingHost));
+        assert_eq!(verdict("ID=x", "ID=x\nSYSEXT_LEVEL=1\n"), Ok(Accepted::IdOnly));
+        assert!(matches!(verdict("ID=_any\nSYSEXT_SCOPE=initrd", FLATCAR), Err(Incompatible::Scope { .. })));
+        assert!(verdict("ID=_any\nSYSEXT_SCOPE=\"initrd system\"", FLATCAR).is_ok());
+        assert!(verdict("ID=_any\nARCHITECTURE=_any", FLATCAR).is_ok());
+        assert_eq!(check(&ExtensionRelease::default(), &host(FLATCAR)), Err(Incompatible::EmptyRelease));
+        // Architecture is checked before ID: a wrong-ID, wrong-arch image fails on arch.
+        assert!(matches!(verdict("ID=fedora\nARCHITECTURE=arm64", FLATCAR), Err(Incompatible::Architecture { .. })));
+        let msg = verdict("ID=ubuntu\nVERSION_ID=24.04\nARCHITECTURE=x86-64", FLATCAR).unwrap_err().to_string();
+        assert_eq!(msg, "ID=ubuntu but the image's os-release has ID=flatcar; expected ID=flatcar or ID=_any");
+    }
+}

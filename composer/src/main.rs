@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    composer::cli::main_from_iter(std::env::args_os())
+}

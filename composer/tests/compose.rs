@@ -1,0 +1,629 @@
+//! Tier 1: composing bakery-built extensions into synthetic Flatcar and Ubuntu disks with the
+//! real e2fsprogs, sfdisk and qemu-img, unprivileged; the result is read back with debugfs.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use release_index::transfer;
+use sysext_tests::disk::{self, DiskSpec, UsrFs};
+use sysext_tests::sandbox::{FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
+
+/// Reads back what compose wrote for each extension: link, image bytes, owner and mode.
+fn assert_installed(image: &Path, offset: u64, exts: &[&Path], scratch: &Path) {
+    for ext in exts {
+        let file = ext.file_name().unwrap().to_string_lossy().into_owned();
+        let name = file.split('-').next().unwrap();
+        let dest = format!("/opt/extensions/{name}/{file}");
+        let link = debugfs(image, offset, &format!("stat /etc/extensions/{name}.raw"));
+        assert!(link.contains(&format!("Fast link dest: \"{dest}\"")), "{link}");
+        let st = debugfs(image, offset, &format!("stat {dest}"));
+        assert!(st.contains("Type: regular") && st.contains("Mode:  0644"), "{st}");
+        assert!(st.contains("User:     0   Group:     0"), "{st}");
+        let dumped = scratch.join(format!("dumped-{file}"));
+        dump(image, offset, &dest, &dumped);
+        assert_eq!(sha256(&dumped), sha256(ext), "{dest} differs from {}", ext.display());
+        let dir = debugfs(image, offset, &format!("stat /opt/extensions/{name}"));
+        assert!(dir.contains("Type: directory") && dir.contains("Mode:  0755"), "{dir}");
+    }
+}
+
+#[test]
+fn composes_into_a_flatcar_layout_disk() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = flatcar_disk(work.path());
+    let before = sha256(&disk.path);
+    let out = work.path().join("composed.img");
+    let o =
+        compose(&disk.path, &out, &exts.all(), &["--sysupdate", "--sysupdate-url", "https://ext.example/", "--json"]);
+    assert_ok(&o);
+    assert_eq!(sha256(&disk.path), before, "input modified");
+
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["target"]["distro"], "flatcar");
+    assert_eq!(report["target"]["root"]["number"], 9);
+    assert_eq!(report["target"]["os_release"]["from"], "partition 3 'USR-A':/lib/os-release");
+    assert_eq!(report["extensions"][0]["accepted"]["rule"], "any-id");
+
+    assert_installed(&out, disk.root_offset, &exts.all(), work.path());
+    // sysupdate: the per-minor channel, byte-identical to the release-index renderer, plus noop.
+    let (stem, text) = transfer::patch_channel(
+        &"kubernetes".parse().unwrap(),
+        &K8S.parse().unwrap(),
+        "https://ext.example/kubernetes/",
+    )
+    .unwrap();
+    for suffix in ["conf", "transfer"] {
+        let got = debugfs(&out, disk.root_offset, &format!("cat /etc/sysupdate.kubernetes.d/{stem}.{suffix}"));
+        assert_eq!(got, text);
+    }
+    assert_eq!(debugfs(&out, disk.root_offset, "cat /etc/sysupdate.d/noop.conf"), transfer::noop());
+    // USR-A is never touched: the same bytes as in the input.
+    let usr = |p: &Path| {
+        let mut f = std::fs::File::open(p).unwrap();
+        use std::io::{Read, Seek, SeekFrom};
+        f.seek(SeekFrom::Start(19 << 20)).unwrap();
+        let mut b = vec![0u8; 24 << 20];
+        f.read_exact(&mut b).unwrap();
+        signing::Sha256Digest::of(&b)
+    };
+    assert_eq!(usr(&out), usr(&disk.path), "USR-A changed");
+    // The output is sparse like the input.
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&out).unwrap()) * 512;
+    assert!(
+        allocated < std::fs::metadata(&out).unwrap().len() / 2,
+        "output is not sparse: {allocated} bytes allocated"
+    );
+
+    // inspect sees what compose wrote.
+    let o = composer().args(["inspect", "--json", "--image"]).arg(&out).output().unwrap();
+    assert_ok(&o);
+    let inspected: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(inspected["distro"], "flatcar");
+    let names: Vec<&str> =
+        inspected["extensions"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cni", "containerd", "kubernetes"]);
+    assert_eq!(
+        inspected["extensions"][2]["link"],
+        format!("/opt/extensions/kubernetes/kubernetes-{K8S}-{}.raw", exts.arch)
+    );
+    let o = composer().args(["inspect", "--image"]).arg(&out).output().unwrap();
+    assert!(
+        stdout(&o).contains("kubernetes   /etc/extensions/kubernetes.raw -> /opt/extensions/kubernetes/"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn composes_into_an_ubuntu_layout_disk_and_enables_sysext() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = ubuntu_disk(work.path());
+    let before = sha256(&disk.path);
+    let out = work.path().join("composed.img");
+    let o = compose(&disk.path, &out, &exts.all(), &[]);
+    assert_ok(&o);
+    assert_eq!(sha256(&disk.path), before);
+    assert_eq!(stdout(&o).trim(), out.display().to_string());
+    assert_installed(&out, disk.root_offset, &exts.all(), work.path());
+    let wants = debugfs(&out, disk.root_offset, "stat /etc/systemd/system/sysinit.target.wants/systemd-sysext.service");
+    assert!(wants.contains("Fast link dest: \"/usr/lib/systemd/system/systemd-sysext.service\""), "{wants}");
+    // No sysupdate files unless asked.
+    assert!(debugfs(&out, disk.root_offset, "ls -p /etc").lines().all(|l| !l.contains("sysupdate")));
+
+    // `check` agrees, and explains the rule per extension.
+    let mut cmd = composer();
+    cmd.args(["check", "--image"]).arg(&disk.path);
+    for e in exts.all() {
+        cmd.arg("-e").arg(e);
+    }
+    let o = cmd.output().unwrap();
+    assert_ok(&o);
+    assert!(stdout(&o).contains("Ubuntu, root in partition 1"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("will merge"), "{}", stdout(&o));
+}
+
+#[test]
+fn ubuntu_images_pinned_to_the_release_compose_into_ubuntu() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = ubuntu_disk(work.path());
+    let out = work.path().join("composed.img");
+    // A relative extension path works although debugfs runs in a scratch directory.
+    let dir = exts.ubuntu_kubernetes.parent().unwrap();
+    let file = exts.ubuntu_kubernetes.file_name().unwrap();
+    let o = composer()
+        .current_dir(dir)
+        .args(["compose", "--json", "--image"])
+        .arg(&disk.path)
+        .arg("--out")
+        .arg(&out)
+        .arg("-e")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_installed(&out, disk.root_offset, &[&exts.ubuntu_kubernetes], work.path());
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["extensions"][0]["accepted"], serde_json::json!({"rule": "version-id", "version_id": "24.04"}));
+}
+
+#[test]
+fn qcow2_in_qcow2_out() {
+    if !have_disk_tools() || !disk::have_tools(&["qemu-img"]) {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = flatcar_disk(work.path());
+    let qcow = work.path().join("flatcar.qcow2");
+    let st = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&disk.path).arg(&qcow).status();
+    assert!(st.unwrap().success());
+    let before = sha256(&qcow);
+    let out = work.path().join("composed.qcow2");
+    let o = compose(&qcow, &out, &exts.all(), &["--output-format", "qcow2"]);
+    assert_ok(&o);
+    assert_eq!(sha256(&qcow), before);
+    assert_eq!(&std::fs::read(&out).unwrap()[..4], b"QFI\xfb", "output is not qcow2");
+    let raw = work.path().join("back.raw");
+    let st = Command::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(&out).arg(&raw).status();
+    assert!(st.unwrap().success());
+    assert_installed(&raw, disk.root_offset, &exts.all(), work.path());
+}
+
+#[test]
+fn compressed_inputs_are_streamed() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = flatcar_disk(work.path());
+    for (tool, suffix) in [("xz", "xz"), ("zstd", "zst"), ("bzip2", "bz2")] {
+        if !disk::have_tools(&[tool]) {
+            continue;
+        }
+        let st = Command::new(tool).args(["-k", "-q", "-f"]).arg(&disk.path).status().unwrap();
+        assert!(st.success(), "{tool}");
+        let compressed = work.path().join(format!("flatcar.img.{suffix}"));
+        let before = sha256(&compressed);
+        let out = work.path().join(format!("composed-{suffix}.img"));
+        let o = compose(&compressed, &out, &[&exts.kubernetes], &["--json"]);
+        assert_ok(&o);
+        assert_eq!(sha256(&compressed), before);
+        let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(
+            report["format"],
+            match suffix {
+                "xz" => "xz",
+                "zst" => "zstd",
+                _ => "bzip2",
+            }
+        );
+        assert_installed(&out, disk.root_offset, &[&exts.kubernetes], work.path());
+        let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&out).unwrap()) * 512;
+        assert!(allocated < std::fs::metadata(&out).unwrap().len() / 2, "{suffix}: decompressed output is not sparse");
+    }
+}
+
+#[test]
+fn recomposing_replaces_links_and_keeps_the_filesystem_clean() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = ubuntu_disk(work.path());
+    let once = work.path().join("once.img");
+    assert_ok(&compose(&disk.path, &once, &[&exts.kubernetes], &[]));
+    let twice = work.path().join("twice.img");
+    assert_ok(&compose(&once, &twice, &exts.all(), &[]));
+    assert_installed(&twice, disk.root_offset, &exts.all(), work.path());
+}
+
+#[test]
+fn reads_the_backup_gpt_when_the_primary_is_damaged() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = flatcar_disk(work.path());
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk.path).unwrap();
+        f.seek(SeekFrom::Start(512 + 16)).unwrap();
+        f.write_all(&[0xde, 0xad, 0xbe, 0xef]).unwrap();
+    }
+    let o = composer().args(["inspect", "--json", "--image"]).arg(&disk.path).output().unwrap();
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["table"], "backup");
+    assert!(v["table_problem"].as_str().unwrap().contains("header CRC32"), "{v}");
+    let out = work.path().join("composed.img");
+    assert_ok(&compose(&disk.path, &out, &[&exts.cni], &[]));
+}
+
+#[test]
+fn btrfs_usr_needs_os_release_and_arch() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(arch) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let mut spec = DiskSpec::new(FLATCAR_OS_RELEASE, arch);
+    spec.usr_fs = UsrFs::Btrfs;
+    let disk = disk::flatcar(work.path(), &spec);
+    let before = sha256(&disk.path);
+    let out = work.path().join("composed.img");
+    let o = compose(&disk.path, &out, &[&exts.kubernetes], &[]);
+    assert_refused(&o, &out, &disk.path, &before, &["partition 3 'USR-A' holds btrfs", "--os-release FILE"]);
+
+    let os_release = work.path().join("os-release");
+    std::fs::write(&os_release, FLATCAR_OS_RELEASE).unwrap();
+    let o = compose(&disk.path, &out, &[&exts.kubernetes], &["--os-release", os_release.to_str().unwrap()]);
+    assert_refused(&o, &out, &disk.path, &before, &["cannot tell the image's architecture", "--arch"]);
+
+    let o = compose(
+        &disk.path,
+        &out,
+        &[&exts.kubernetes],
+        &["--os-release", os_release.to_str().unwrap(), "--arch", arch.as_str()],
+    );
+    assert_ok(&o);
+    assert_installed(&out, disk.root_offset, &[&exts.kubernetes], work.path());
+
+    // inspect still lists what is installed, and says what it could not read.
+    let o = composer().args(["inspect", "--json", "--image"]).arg(&out).output().unwrap();
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["distro"], "flatcar");
+    assert_eq!(v["extensions"][0]["name"], "kubernetes");
+    assert!(v["problem"].as_str().unwrap().contains("--os-release FILE"), "{v}");
+    assert!(v.get("os_release").is_none(), "{v}");
+}
+
+#[test]
+fn signatures_are_checked_with_pubkey() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = ubuntu_disk(work.path());
+    let before = sha256(&disk.path);
+    let keys = work.path().join("keys");
+    signing::keygen(&keys).unwrap();
+    let key = signing::PrivateKey::read_pem(&keys.join("private.pem")).unwrap();
+    let signed = work.path().join(exts.kubernetes.file_name().unwrap());
+    std::fs::copy(&exts.kubernetes, &signed).unwrap();
+    let pubkey = keys.join("public.pem");
+    let args = ["--pubkey", pubkey.to_str().unwrap()];
+
+    let out = work.path().join("composed.img");
+    let o = compose(&disk.path, &out, &[&signed], &args);
+    assert_refused(&o, &out, &disk.path, &before, &["no signature file", ".raw.sig"]);
+
+    key.sign_file(&signed).unwrap();
+    assert_ok(&compose(&disk.path, &out, &[&signed], &args));
+    std::fs::remove_file(&out).unwrap();
+
+    // A different key's signature is refused.
+    let other = work.path().join("other");
+    signing::keygen(&other).unwrap();
+    signing::PrivateKey::read_pem(&other.join("private.pem")).unwrap().sign_file(&signed).unwrap();
+    let o = compose(&disk.path, &out, &[&signed], &args);
+    assert_refused(&o, &out, &disk.path, &before, &["signature does not verify"]);
+}
+
+#[test]
+fn release_index_channels_are_not_wired_yet() {
+    if !have_disk_tools() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(_) = host_arch() else { return };
+    let input = flatcar_disk(work.path()).path;
+    let before = sha256(&input);
+    let out = work.path().join("out.img");
+    let o = composer()
+        .args(["compose", "--image"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(["-e", "kubernetes@1.31", "--index", "https://ext.example/"])
+        .output()
+        .unwrap();
+    assert_refused(&o, &out, &input, &before, &["kubernetes@1.31: release-index sources are not wired yet"]);
+}
+
+// ---- bad input: each refuses with a clear error, writes no OUT, leaves the input unchanged ----
+
+#[test]
+fn refuses_a_file_that_is_not_a_disk() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("notes.txt");
+    std::fs::write(&input, "hello\n".repeat(1000)).unwrap();
+    let before = sha256(&input);
+    let out = work.path().join("out.img");
+    let o = compose(&input, &out, &[&exts.kubernetes], &[]);
+    assert_refused(&o, &out, &input, &before, &["notes.txt: not a disk image", "no GPT header"]);
+}
+
+#[test]
+fn refuses_an_mbr_only_disk() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let input = disk::mbr_only(work.path());
+    let before = sha256(&input);
+    let out = work.path().join("out.img");
+    let o = compose(&input, &out, &[&exts.kubernetes], &[]);
+    assert_refused(&o, &out, &input, &before, &["mbr.img: has an MBR (DOS) partition table but no GPT"]);
+}
+
+#[test]
+fn refuses_a_disk_without_a_root_partition() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = flatcar_disk(work.path());
+    // Rename ROOT so neither layout matches.
+    let st = Command::new("sfdisk").args(["--quiet", "--part-label"]).arg(&disk.path).args(["9", "DATA"]).status();
+    assert!(st.unwrap().success());
+    let before = sha256(&disk.path);
+    let out = work.path().join("out.img");
+    let o = compose(&disk.path, &out, &[&exts.kubernetes], &[]);
+    assert_refused(&o, &out, &disk.path, &before, &["no partition with PARTLABEL ROOT", "9 'DATA' (ext4 label ROOT)"]);
+    let o = compose(&disk.path, &out, &[&exts.kubernetes], &["--target", "flatcar"]);
+    assert_refused(&o, &out, &disk.path, &before, &["partition with PARTLABEL ROOT not found", "partition 9"]);
+}
+
+#[test]
+fn refuses_a_root_that_is_not_ext4() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = flatcar_disk(work.path());
+    let st = Command::new("mkfs.ext2")
+        .args(["-q", "-F", "-L", "ROOT", "-E"])
+        .arg(format!("offset={}", disk.root_offset))
+        .arg(&disk.path)
+        .arg(format!("{}k", disk.root_size / 1024))
+        .status();
+    assert!(st.unwrap().success());
+    let before = sha256(&disk.path);
+    let out = work.path().join("out.img");
+    let o = compose(&disk.path, &out, &[&exts.kubernetes], &[]);
+    assert_refused(&o, &out, &disk.path, &before, &["partition 9 'ROOT' holds ext2; expected ext4"]);
+}
+
+#[test]
+fn refuses_when_the_filesystem_is_full() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(arch) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let mut spec = DiskSpec::new(UBUNTU_OS_RELEASE, arch);
+    spec.root_mib = 8;
+    let disk = disk::ubuntu(work.path(), &spec);
+    // Fill the root filesystem so less than one image fits.
+    let filler = work.path().join("filler");
+    let free = {
+        let stats = debugfs(&disk.path, disk.root_offset, "stats");
+        let get = |k: &str| -> u64 { stats.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().parse().unwrap() };
+        get("Free blocks:") * get("Block size:")
+    };
+    std::fs::write(&filler, vec![1u8; (free - 64 * 1024) as usize]).unwrap();
+    let st = Command::new("debugfs")
+        .args(["-w", "-R"])
+        .arg(format!("write {} filler", filler.display()))
+        .arg(format!("{}?offset={}", disk.path.display(), disk.root_offset))
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let before = sha256(&disk.path);
+    let out = work.path().join("out.img");
+    let o = compose(&disk.path, &out, &exts.all(), &[]);
+    assert_refused(
+        &o,
+        &out,
+        &disk.path,
+        &before,
+        &["partition 1 '' (ext4) has", "bytes free but composing needs", "more bytes or grow the partition"],
+    );
+}
+
+#[test]
+fn refuses_an_extension_for_another_architecture() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(arch) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = flatcar_disk(work.path());
+    let before = sha256(&disk.path);
+    let out = work.path().join("out.img");
+    let o = compose(&disk.path, &out, &[&exts.containerd, &exts.foreign_kubernetes], &[]);
+    let other = exts.foreign_kubernetes.file_name().unwrap().to_string_lossy().into_owned();
+    let msg = format!("{other}: systemd-sysext would skip it at boot: ARCHITECTURE=");
+    assert_refused(
+        &o,
+        &out,
+        &disk.path,
+        &before,
+        &[&msg, &format!("but the image is {arch}; expected ARCHITECTURE={arch} or _any")],
+    );
+    // `check` reports the same, and exits non-zero.
+    let o =
+        composer().args(["check", "--image"]).arg(&disk.path).arg("-e").arg(&exts.foreign_kubernetes).output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains(&msg), "{}", stderr(&o));
+}
+
+#[test]
+fn refuses_an_extension_for_another_os() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = flatcar_disk(work.path());
+    let before = sha256(&disk.path);
+    let out = work.path().join("out.img");
+    let o = compose(&disk.path, &out, &[&exts.ubuntu_kubernetes], &[]);
+    assert_refused(
+        &o,
+        &out,
+        &disk.path,
+        &before,
+        &[
+            "ID=flatcar VERSION_ID=4152.2.0 SYSEXT_LEVEL=1.0 from partition 3 'USR-A':/lib/os-release",
+            "ID=ubuntu but the image's os-release has ID=flatcar; expected ID=flatcar or ID=_any",
+        ],
+    );
+}
+
+#[test]
+fn refuses_to_overwrite_out_or_the_input() {
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = flatcar_disk(work.path());
+    let before = sha256(&disk.path);
+    let o = compose(&disk.path, &disk.path, &[&exts.kubernetes], &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is the input image; composer never modifies its input"), "{}", stderr(&o));
+    assert_eq!(sha256(&disk.path), before);
+    let existing = work.path().join("exists.img");
+    std::fs::write(&existing, b"keep").unwrap();
+    let o = compose(&disk.path, &existing, &[&exts.kubernetes], &[]);
+    assert!(stderr(&o).contains("already exists; refusing to overwrite it"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep");
+}
+
+/// A squashfs extension `<name>-<version>-<arch>.raw` with `ID=_any` and `len` bytes of
+/// incompressible payload, made with mksquashfs (no compression, so the size is predictable).
+fn squashfs_extension(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    arch: sysext_tests::Arch,
+    len: usize,
+) -> std::path::PathBuf {
+    let tree = dir.join(format!("tree-{name}"));
+    std::fs::create_dir_all(tree.join("usr/lib/extension-release.d")).unwrap();
+    std::fs::create_dir_all(tree.join(format!("usr/share/{name}"))).unwrap();
+    std::fs::write(
+        tree.join(format!("usr/lib/extension-release.d/extension-release.{name}")),
+        format!("ID=_any\nARCHITECTURE={arch}\n"),
+    )
+    .unwrap();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let payload: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(tree.join(format!("usr/share/{name}/payload")), payload).unwrap();
+    let image = dir.join(format!("{name}-{version}-{arch}.raw"));
+    let st = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&image)
+        .args(["-all-root", "-noappend", "-quiet", "-noI", "-noD", "-noF", "-noX"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    image
+}
+
+/// A 40 MiB image in a filesystem of 1 KiB blocks and 8 MiB block groups cannot be one
+/// extent: the allocate-then-fill path must follow a multi-extent map (with an index block).
+#[test]
+fn composes_a_large_image_spanning_many_extents() {
+    if !have_disk_tools() || !disk::have_tools(&["mksquashfs"]) {
+        return;
+    }
+    let Some(arch) = host_arch() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let image = squashfs_extension(work.path(), "big", "1.0", arch, 40 << 20);
+    let disk = flatcar_disk(work.path());
+    let out = work.path().join("composed.img");
+    assert_ok(&compose(&disk.path, &out, &[&image], &[]));
+    let ex = debugfs(&out, disk.root_offset, &format!("ex /opt/extensions/big/big-1.0-{arch}.raw"));
+    let leaves = ex.lines().filter(|l| l.contains(" - ")).count();
+    assert!(leaves > 2, "expected several extents:\n{ex}");
+    assert!(!ex.contains("Uninit"), "{ex}");
+    assert_installed(&out, disk.root_offset, &[&image], work.path());
+}
+
+/// Link targets of 60 bytes or more are stored in a data block, not in the inode: the
+/// read-back and `inspect` must follow those too.
+#[test]
+fn long_extension_names_get_slow_symlinks() {
+    if !have_disk_tools() || !disk::have_tools(&["mksquashfs"]) {
+        return;
+    }
+    let Some(arch) = host_arch() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let name = "kubernetes-device-plugins-extra";
+    let image = squashfs_extension(work.path(), name, "v1.31.3", arch, 4096);
+    let disk = ubuntu_disk(work.path());
+    let out = work.path().join("composed.img");
+    assert_ok(&compose(&disk.path, &out, &[&image], &[]));
+    let target = format!("/opt/extensions/{name}/{name}-v1.31.3-{arch}.raw");
+    assert!(target.len() >= 60);
+    let st = debugfs(&out, disk.root_offset, &format!("stat /etc/extensions/{name}.raw"));
+    assert!(st.contains("Type: symlink") && !st.contains("Fast link dest"), "{st}");
+    let o = composer().args(["inspect", "--json", "--image"]).arg(&out).output().unwrap();
+    assert_ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["extensions"][0]["link"], target);
+    assert_eq!(v["extensions"][0]["resolves_to"], target);
+}

@@ -1,0 +1,72 @@
+//! Tier 2 (root): the composed root filesystem, loop-mounted read-only, feeds the real
+//! `systemd-sysext merge` in a private mount namespace; the merged kubelet, containerd and
+//! CNI plugins run. Skipped loudly when not root.
+
+mod common;
+
+use common::*;
+use sysext_tests::sandbox::{attached_loop_devices, FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
+use sysext_tests::upstream::message;
+use sysext_tests::{require_root, MergeSandbox};
+
+fn checks(arch: sysext_tests::Arch) -> String {
+    let mut s = String::new();
+    for (bin, version) in [("kubelet", K8S), ("kubectl", K8S), ("containerd", CONTAINERD), ("runc", RUNC)] {
+        let want = message(bin, version, arch);
+        s.push_str(&format!(
+            "test \"$({bin})\" = '{}' || {{ echo 'wrong output from {bin}' >&2; exit 1; }}\n",
+            want.trim_end()
+        ));
+    }
+    s.push_str("test -x /usr/libexec/cni/bridge\n");
+    // The links came from the composed filesystem, not from the sandbox.
+    s.push_str("readlink /etc/extensions/kubernetes.raw\n");
+    s.push_str("systemd-sysext list --no-legend | awk '{print $1}' | sort | tr '\\n' ' '\n");
+    s
+}
+
+/// One merge at a time: each asserts afterwards that no loop device is left attached, which
+/// a concurrent merge would make racy.
+static MERGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn merge_composed(disk: &sysext_tests::disk::SyntheticDisk, out: &std::path::Path, os_release: &str) {
+    let _one = MERGES.lock().unwrap_or_else(|e| e.into_inner());
+    let arch = extensions().arch;
+    let mut node = MergeSandbox::new(os_release);
+    node.composed_root(out, disk.root_offset, disk.root_size);
+    let res = node.run(&checks(arch));
+    assert!(res.success, "merge failed:\nstdout: {}\nstderr: {}", res.stdout, res.stderr);
+    assert!(res.stdout.contains(&format!("/opt/extensions/kubernetes/kubernetes-{K8S}-{arch}.raw")), "{}", res.stdout);
+    assert!(res.stdout.contains("cni containerd kubernetes"), "{}", res.stdout);
+    assert_eq!(attached_loop_devices(), Vec::<String>::new(), "loop devices left attached");
+}
+
+#[test]
+fn kubelet_runs_from_a_composed_flatcar_disk() {
+    require_root!();
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = flatcar_disk(work.path());
+    let out = work.path().join("composed.img");
+    assert_ok(&compose(&disk.path, &out, &exts.all(), &[]));
+    merge_composed(&disk, &out, FLATCAR_OS_RELEASE);
+}
+
+#[test]
+fn kubelet_runs_from_a_composed_ubuntu_disk() {
+    require_root!();
+    if !have_disk_tools() {
+        return;
+    }
+    let Some(_) = host_arch() else { return };
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let disk = ubuntu_disk(work.path());
+    let out = work.path().join("composed.img");
+    assert_ok(&compose(&disk.path, &out, &exts.all(), &[]));
+    merge_composed(&disk, &out, UBUNTU_OS_RELEASE);
+}
