@@ -15,8 +15,9 @@ use signing::PublicKey;
 use crate::compose::{check, compose, CheckReport, CheckRequest, ComposeReport, ComposeRequest};
 use crate::input::OutputFormat;
 use crate::inspect::inspect;
-use crate::source::{ExtensionSource, IndexLocation};
+use crate::source::{ExtensionSource, ReleaseIndex};
 use crate::target::{Overrides, TargetChoice};
+use release_index::source::ReleaseSource;
 
 /// Put systemd system extensions into stock Flatcar and Ubuntu disk images, without root.
 ///
@@ -47,10 +48,12 @@ struct TargetArgs {
     /// release index. Repeat for each extension.
     #[arg(long = "extension", short = 'e', value_name = "FILE|NAME@CHANNEL", required = true)]
     extensions: Vec<ExtensionSource>,
-    /// Release index for NAME@CHANNEL extensions: a URL or a local directory.
+    /// Signed release index for NAME@CHANNEL extensions: the http(s) URL or directory a
+    /// release was published to (`bakery publish`). Needs --pubkey.
     #[arg(long, value_name = "URL|DIR")]
-    index: Option<IndexLocation>,
-    /// Public key (SPKI PEM): every image file must have a valid <file>.sig.
+    index: Option<ReleaseSource>,
+    /// Public key (SPKI PEM): every image file must have a valid <file>.sig, and the release
+    /// index must be signed by it.
     #[arg(long, value_name = "PUB")]
     pubkey: Option<PathBuf>,
     /// Which layout to expect: auto detects Flatcar (PARTLABEL ROOT) or Ubuntu (filesystem
@@ -125,10 +128,20 @@ impl TargetArgs {
             Some(p) => Some(PublicKey::read_pem(p).with_context(|| format!("reading --pubkey {}", p.display()))?),
             None => None,
         };
+        let index = match (&self.index, &pubkey) {
+            (Some(source), Some(key)) => Some(
+                ReleaseIndex::open(source.clone(), key.clone())
+                    .with_context(|| format!("opening the release index at {source}"))?,
+            ),
+            (Some(source), None) => {
+                bail!("--index {source} needs --pubkey: a release index is trusted only once its signature verifies")
+            }
+            (None, _) => None,
+        };
         Ok(CheckRequest {
             image: self.image.clone(),
             extensions: self.extensions.clone(),
-            index: self.index.clone(),
+            index,
             pubkey,
             target: self.target,
             overrides: Overrides { os_release: self.os_release.clone(), arch: self.arch },
@@ -138,21 +151,18 @@ impl TargetArgs {
 
 impl ComposeArgs {
     fn request(&self) -> Result<ComposeRequest> {
+        let check = self.target.request()?;
         let sysupdate = if self.sysupdate {
-            match (&self.sysupdate_url, &self.target.index) {
+            match (&self.sysupdate_url, &check.index) {
                 (Some(u), _) => Some(u.clone()),
-                (None, Some(IndexLocation::Url(u))) => Some(u.clone()),
-                _ => bail!("--sysupdate needs the URL nodes update from: pass --sysupdate-url URL (or --index URL)"),
+                // The URL the signed index says the release is served from.
+                (None, Some(index)) => Some(index.base_url().to_string()),
+                _ => bail!("--sysupdate needs the URL nodes update from: pass --sysupdate-url URL (or --index)"),
             }
         } else {
             None
         };
-        Ok(ComposeRequest {
-            check: self.target.request()?,
-            out: self.out.clone(),
-            output_format: self.output_format,
-            sysupdate,
-        })
+        Ok(ComposeRequest { check, out: self.out.clone(), output_format: self.output_format, sysupdate })
     }
 }
 

@@ -19,7 +19,7 @@ use crate::compat::{self, Accepted, Host};
 use crate::e2fs::{Ext, Kind, Script};
 use crate::gpt::Gpt;
 use crate::input::{self, InputFormat, OutputFormat, Staging};
-use crate::source::{self, ExtensionSource, IndexLocation, ResolveOptions, ResolvedExtension};
+use crate::source::{self, ExtensionSource, ReleaseIndex, ResolveOptions, ResolvedExtension};
 use crate::target::{self, Distro, Overrides, Target, TargetChoice};
 
 /// Everything `check` needs.
@@ -29,8 +29,8 @@ pub struct CheckRequest {
     pub image: PathBuf,
     /// `--extension` arguments.
     pub extensions: Vec<ExtensionSource>,
-    /// `--index`.
-    pub index: Option<IndexLocation>,
+    /// `--index`, opened and verified.
+    pub index: Option<ReleaseIndex>,
     /// `--pubkey`.
     pub pubkey: Option<PublicKey>,
     /// `--target`.

@@ -257,7 +257,7 @@ fn parse_header(block: &[u8], expected_lba: u64) -> Result<Header, String> {
     if h.my_lba != expected_lba {
         return Err(format!("header says it is at LBA {}, found at LBA {expected_lba}", h.my_lba));
     }
-    if h.entry_size < 128 || h.entry_size % 8 != 0 || h.num_entries > 4096 {
+    if h.entry_size < 128 || !h.entry_size.is_multiple_of(8) || h.num_entries > 4096 {
         return Err(format!("implausible entry array: {} entries of {} bytes", h.num_entries, h.entry_size));
     }
     Ok(h)

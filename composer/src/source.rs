@@ -1,17 +1,23 @@
 //! Where extension images come from, and turning each `--extension` argument into a verified
 //! local file with its parsed identity.
 //!
-//! This is the seam for the release index: [`ExtensionSource::Channel`] (`kubernetes@1.31`)
-//! is parsed here, and [`resolve`] is the one place that turns it into a file. Until the
-//! release-index client is wired in, that branch refuses clearly (see [`resolve_channel`]).
+//! A local file is used as it is (its `.sig` checked when `--pubkey` is given). A channel
+//! (`kubernetes@1.31`) is looked up in a signed release index opened once per run
+//! ([`ReleaseIndex`]): signature and expiry checked, the newest matching version for the
+//! target's architecture chosen, and the artifact downloaded with its size and digests
+//! verified while it streams.
 
 use std::fmt;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use backhand::{FilesystemReader, InnerNode};
+use release_index::client::{Client, ClientError, TrustedIndex};
 use release_index::extension_release::ExtensionRelease;
+use release_index::index::{BaseUrl, Channel};
+use release_index::source::ReleaseSource;
 use release_index::{Arch, ExtensionName, ImageName};
 use serde::Serialize;
 use signing::{PublicKey, Sha256Digest};
@@ -22,8 +28,8 @@ use signing::{PublicKey, Sha256Digest};
 pub struct ChannelRef {
     /// Extension name.
     pub name: ExtensionName,
-    /// Channel: a version prefix (`1.31`, `v1.31`) or a channel name the index defines.
-    pub channel: String,
+    /// Which versions: `1.31` (its patch releases), `~1.31`, `>=1.30, <1.32`, `v1.31.3`, `latest`.
+    pub channel: Channel,
 }
 
 impl fmt::Display for ChannelRef {
@@ -63,14 +69,9 @@ impl FromStr for ExtensionSource {
             Some((name, channel)) if !s.contains('/') && !s.ends_with(".raw") => {
                 let name: ExtensionName =
                     name.parse().map_err(|e: release_index::NameParseError| err(e.to_string()))?;
-                let ok = !channel.is_empty()
-                    && channel.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'+' | b'-'));
-                if !ok {
-                    return Err(err(format!(
-                        "channel '{channel}' may only contain letters, digits, '.', '_', '+' and '-' (e.g. kubernetes@1.31)"
-                    )));
-                }
-                Ok(ExtensionSource::Channel(ChannelRef { name, channel: channel.to_owned() }))
+                let channel: Channel =
+                    channel.parse().map_err(|e: release_index::index::ChannelParseError| err(e.to_string()))?;
+                Ok(ExtensionSource::Channel(ChannelRef { name, channel }))
             }
             _ => Ok(ExtensionSource::File(PathBuf::from(s))),
         }
@@ -86,25 +87,32 @@ impl fmt::Display for ExtensionSource {
     }
 }
 
-/// Where the signed release index lives (`--index`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum IndexLocation {
-    /// `https://…` or `http://…`.
-    Url(String),
-    /// A local directory (a mirror of the published tree).
-    Dir(PathBuf),
+/// A signed release index opened for `NAME@CHANNEL` sources (`--index`): fetched once per
+/// run, its signature checked with `--pubkey` before it is parsed, and refused once expired.
+#[derive(Debug)]
+pub struct ReleaseIndex {
+    client: Client,
+    trusted: TrustedIndex,
 }
 
-impl FromStr for IndexLocation {
-    type Err = std::convert::Infallible;
+impl ReleaseIndex {
+    /// Fetches and verifies the index at `source` (a directory or an http(s) URL).
+    pub fn open(source: ReleaseSource, pubkey: PublicKey) -> Result<Self, SourceError> {
+        // No state file: building disk images is not a node following a release, so there is
+        // no serial to hold it to; signature and expiry still apply.
+        let client = Client::new(source, pubkey, None);
+        let trusted = client.fetch_index()?;
+        Ok(Self { client, trusted })
+    }
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(if s.starts_with("https://") || s.starts_with("http://") || s.starts_with("file://") {
-            IndexLocation::Url(s.to_owned())
-        } else {
-            IndexLocation::Dir(PathBuf::from(s))
-        })
+    /// The URL the release is served from, as the signed index states it.
+    pub fn base_url(&self) -> &BaseUrl {
+        &self.trusted.index.base_url
+    }
+
+    /// The index's serial.
+    pub fn serial(&self) -> u64 {
+        self.trusted.index.serial
     }
 }
 
@@ -114,7 +122,7 @@ pub struct ResolveOptions<'a> {
     /// Require and check `<file>.sig` (local files) or the index signature (channels).
     pub pubkey: Option<&'a PublicKey>,
     /// The release index for `NAME@CHANNEL` sources.
-    pub index: Option<&'a IndexLocation>,
+    pub index: Option<&'a ReleaseIndex>,
     /// The target image's architecture, which selects a channel's artifact. Local files are
     /// not filtered by it: the compatibility check reports a mismatch with the reason.
     pub arch: Option<Arch>,
@@ -139,6 +147,10 @@ pub struct ResolvedExtension {
     /// Key id of the signature that was checked, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_by: Option<String>,
+    /// The private directory a channel's artifact was downloaded into; removed when the last
+    /// copy of this value is dropped.
+    #[serde(skip)]
+    pub download: Option<Arc<tempfile::TempDir>>,
 }
 
 fn as_display<S: serde::Serializer>(v: &ImageName, s: S) -> Result<S::Ok, S::Error> {
@@ -215,11 +227,42 @@ pub enum SourceError {
         /// Value inside.
         inside: String,
     },
-    /// `NAME@CHANNEL` before the release-index client exists.
-    #[error("{channel}: release-index sources are not wired yet; pass a local image file (<name>-<version>-<arch>.raw) instead")]
-    IndexNotWired {
+    /// `NAME@CHANNEL` without `--index`.
+    #[error("{channel}: a channel is looked up in a release index: pass --index URL|DIR and --pubkey PUB")]
+    NeedsIndex {
         /// The requested channel.
         channel: ChannelRef,
+    },
+    /// The architecture of the target is needed to pick an artifact.
+    #[error("{channel}: the target's architecture is unknown; pass --arch")]
+    NeedsArch {
+        /// The requested channel.
+        channel: ChannelRef,
+    },
+    /// The index refused, or an artifact did not verify.
+    #[error(transparent)]
+    Index(#[from] ClientError),
+    /// Nothing in the index matches.
+    #[error("{channel}: no {arch} release in the index (serial {serial}) matches; available: {available}")]
+    NoMatch {
+        /// The requested channel.
+        channel: ChannelRef,
+        /// Target architecture.
+        arch: Arch,
+        /// Serial of the index searched.
+        serial: u64,
+        /// Versions published for that architecture.
+        available: String,
+    },
+    /// The downloaded image says something else than the signed index.
+    #[error("{}: its extension-release ({inside:?}) differs from the signed index ({indexed:?})", path.display())]
+    IndexMismatch {
+        /// Downloaded file.
+        path: PathBuf,
+        /// Fields inside the image.
+        inside: std::collections::BTreeMap<String, String>,
+        /// Fields the index lists.
+        indexed: std::collections::BTreeMap<String, String>,
     },
 }
 
@@ -231,13 +274,52 @@ pub fn resolve(source: &ExtensionSource, opts: ResolveOptions<'_>) -> Result<Res
     }
 }
 
-/// The release-index seam: this should select the newest release of `channel.name` that
-/// matches `channel.channel` in the signed index at `opts.index` (verified with
-/// `opts.pubkey`), download the artifact for `opts.arch` into a verified local file (e.g. in
-/// a cache directory), and return it as `resolve_file` does: [`ImageName`] from the artifact,
-/// `extension_release` from [`inspect_image`], size, sha256 and the key id that verified it.
-pub fn resolve_channel(channel: &ChannelRef, _opts: ResolveOptions<'_>) -> Result<ResolvedExtension, SourceError> {
-    Err(SourceError::IndexNotWired { channel: channel.clone() })
+/// Resolves `NAME@CHANNEL` through the signed index: the newest matching version for the
+/// target's architecture, downloaded and verified against the index (size, SHA-256, SHA-512)
+/// into a private directory, then read like a local file and cross-checked with the index.
+pub fn resolve_channel(channel: &ChannelRef, opts: ResolveOptions<'_>) -> Result<ResolvedExtension, SourceError> {
+    let index = opts.index.ok_or_else(|| SourceError::NeedsIndex { channel: channel.clone() })?;
+    let arch = opts.arch.ok_or_else(|| SourceError::NeedsArch { channel: channel.clone() })?;
+    let Some((_, artifact)) = index.trusted.index.resolve(&channel.name, &channel.channel, arch) else {
+        let available: Vec<String> = index
+            .trusted
+            .index
+            .extensions
+            .get(&channel.name)
+            .into_iter()
+            .flat_map(|versions| versions.iter().filter(|(_, a)| a.contains_key(&arch)).map(|(v, _)| v.to_string()))
+            .collect();
+        return Err(SourceError::NoMatch {
+            channel: channel.clone(),
+            arch,
+            serial: index.serial(),
+            available: if available.is_empty() { "none".into() } else { available.join(", ") },
+        });
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("composer-download-")
+        .tempdir()
+        .map_err(|cause| SourceError::Io { path: std::env::temp_dir(), cause })?;
+    let path = index.client.fetch_artifact(artifact, dir.path())?;
+    let image = artifact.file.clone();
+    let extension_release = inspect_image(&path, &image)?;
+    if extension_release != artifact.extension_release {
+        return Err(SourceError::IndexMismatch {
+            path,
+            inside: extension_release.fields().clone(),
+            indexed: artifact.extension_release.fields().clone(),
+        });
+    }
+    Ok(ResolvedExtension {
+        source: ExtensionSource::Channel(channel.clone()),
+        path,
+        image,
+        extension_release,
+        size: artifact.size,
+        sha256: artifact.sha256,
+        verified_by: Some(format!("{} (index serial {})", index.trusted.index.key_id, index.serial())),
+        download: Some(Arc::new(dir)),
+    })
 }
 
 fn resolve_file(
@@ -271,6 +353,7 @@ fn resolve_file(
         size: meta.len(),
         sha256,
         verified_by,
+        download: None,
     })
 }
 
@@ -335,7 +418,10 @@ mod tests {
         let c: ExtensionSource = "kubernetes@1.31".parse().unwrap();
         assert_eq!(
             c,
-            ExtensionSource::Channel(ChannelRef { name: "kubernetes".parse().unwrap(), channel: "1.31".into() })
+            ExtensionSource::Channel(ChannelRef {
+                name: "kubernetes".parse().unwrap(),
+                channel: "1.31".parse().unwrap()
+            })
         );
         assert_eq!(c.to_string(), "kubernetes@1.31");
         for p in ["out/kubernetes-v1.31.3-x86-64.raw", "./k@1.raw", "dir/x@y", "kubernetes-v1.31.3-x86-64.raw"] {
@@ -344,24 +430,20 @@ mod tests {
         assert!("kubernetes@".parse::<ExtensionSource>().is_err());
         assert!("Kube@1.31".parse::<ExtensionSource>().is_err());
         assert!("kubernetes@1 31".parse::<ExtensionSource>().is_err());
+        assert!(">=1.30, <1.32".parse::<Channel>().is_ok());
+        assert!(matches!("cni@>=1.30, <1.32".parse::<ExtensionSource>().unwrap(), ExtensionSource::Channel(_)));
     }
 
     #[test]
-    fn channels_say_they_are_not_wired_yet() {
+    fn channels_need_an_index() {
         let c: ExtensionSource = "containerd@2.0".parse().unwrap();
         let err = resolve(&c, ResolveOptions::default()).unwrap_err().to_string();
-        assert!(err.contains("containerd@2.0: release-index sources are not wired yet"), "{err}");
+        assert!(err.contains("containerd@2.0: a channel is looked up in a release index"), "{err}");
     }
 
     #[test]
     fn local_files_need_an_image_name() {
         let err = resolve(&"/tmp/kubernetes.raw".parse().unwrap(), ResolveOptions::default()).unwrap_err().to_string();
         assert!(err.contains("<name>-<version>-<arch>.raw"), "{err}");
-    }
-
-    #[test]
-    fn index_locations() {
-        assert_eq!("https://x/".parse::<IndexLocation>().unwrap(), IndexLocation::Url("https://x/".into()));
-        assert_eq!("srv/idx".parse::<IndexLocation>().unwrap(), IndexLocation::Dir("srv/idx".into()));
     }
 }

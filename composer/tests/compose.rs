@@ -338,25 +338,97 @@ fn signatures_are_checked_with_pubkey() {
     assert_refused(&o, &out, &disk.path, &before, &["signature does not verify"]);
 }
 
+/// Publishes the test extensions into a signed release directory; returns it and the key pair.
+fn release(dir: &Path, exts: &Extensions) -> (std::path::PathBuf, std::path::PathBuf) {
+    let keys = dir.join("keys");
+    signing::keygen(&keys).unwrap();
+    let key = signing::PrivateKey::read_pem(&keys.join("private.pem")).unwrap();
+    let images: Vec<_> = exts.all().iter().map(|p| bakery::release::new_image(p).unwrap()).collect();
+    let release = dir.join("release");
+    let opts = release_index::publish::PublishOptions {
+        release_dir: &release,
+        key: &key,
+        base_url: Some("https://sysext.example.org/ext/".parse().unwrap()),
+        valid_for: std::time::Duration::from_secs(86_400),
+        now: release_index::timestamp::Timestamp::now(),
+        keep_generations: 3,
+        fail_after: None,
+    };
+    release_index::publish::publish(&images, &opts).unwrap();
+    (release, keys.join("public.pem"))
+}
+
 #[test]
-fn release_index_channels_are_not_wired_yet() {
+fn channels_come_from_a_signed_release_index() {
     if !have_disk_tools() {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
     let Some(_) = host_arch() else { return };
-    let input = flatcar_disk(work.path()).path;
-    let before = sha256(&input);
-    let out = work.path().join("out.img");
+    let exts = extensions();
+    let work = tempfile::tempdir().unwrap();
+    let (release, pubkey) = release(work.path(), exts);
+    let disk = flatcar_disk(work.path());
+    let before = sha256(&disk.path);
+    let out = work.path().join("composed.img");
+    let index_args = ["--index", release.to_str().unwrap(), "--pubkey", pubkey.to_str().unwrap()];
     let o = composer()
         .args(["compose", "--image"])
-        .arg(&input)
+        .arg(&disk.path)
         .arg("--out")
         .arg(&out)
-        .args(["-e", "kubernetes@1.31", "--index", "https://ext.example/"])
+        .args(["-e", "kubernetes@1.31", "-e", "containerd@~2.0", "-e", "cni@latest", "--sysupdate", "--json"])
+        .args(index_args)
         .output()
         .unwrap();
-    assert_refused(&o, &out, &input, &before, &["kubernetes@1.31: release-index sources are not wired yet"]);
+    assert_ok(&o);
+    assert_eq!(sha256(&disk.path), before);
+    assert_installed(&out, disk.root_offset, &exts.all(), work.path());
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(report.to_string().contains("index serial 1"), "{report:#}");
+    // Transfer files point where the signed index says the release is served.
+    let conf = debugfs(&out, disk.root_offset, "cat /etc/sysupdate.kubernetes.d/kubernetes-v1.31.conf");
+    assert!(conf.contains("\nPath=https://sysext.example.org/ext/kubernetes/\n"), "{conf}");
+
+    // Over HTTP, from the same release.
+    let server = sysext_tests::FixtureServer::start();
+    for path in release_index::source::walk(&release).unwrap() {
+        server.set(&format!("/ext/{path}"), sysext_tests::Response::ok(std::fs::read(release.join(&path)).unwrap()));
+    }
+    let url = server.url_for("/ext/");
+    let out2 = work.path().join("composed-http.img");
+    let o = composer()
+        .args(["compose", "--image"])
+        .arg(&disk.path)
+        .arg("--out")
+        .arg(&out2)
+        .args(["-e", "kubernetes@>=1.30, <1.32", "--index", &url, "--pubkey", pubkey.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_installed(&out2, disk.root_offset, &[&exts.kubernetes], work.path());
+
+    // Refusals: no matching version, no index, a stranger's key, a tampered artifact.
+    let refused = work.path().join("refused.img");
+    let run = |extra: &[&str]| {
+        composer().args(["compose", "--image"]).arg(&disk.path).arg("--out").arg(&refused).args(extra).output().unwrap()
+    };
+    let o = run(&["-e", "kubernetes@1.40", "--index", &url, "--pubkey", pubkey.to_str().unwrap()]);
+    assert_refused(&o, &refused, &disk.path, &before, &["kubernetes@1.40: no", "available: v1.31.3"]);
+    let o = run(&["-e", "kubernetes@1.31"]);
+    assert_refused(&o, &refused, &disk.path, &before, &["pass --index URL|DIR and --pubkey PUB"]);
+    let o = run(&["-e", "kubernetes@1.31", "--index", &url]);
+    assert_refused(&o, &refused, &disk.path, &before, &["needs --pubkey"]);
+    let stranger = work.path().join("stranger");
+    signing::keygen(&stranger).unwrap();
+    let o = run(&["-e", "kubernetes@1.31", "--index", &url, "--pubkey", stranger.join("public.pem").to_str().unwrap()]);
+    assert_refused(&o, &refused, &disk.path, &before, &["index.json.sig", "signature does not verify"]);
+    let file = exts.kubernetes.file_name().unwrap().to_string_lossy().into_owned();
+    let mut bytes = std::fs::read(&exts.kubernetes).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    server.set(&format!("/ext/{file}"), sysext_tests::Response::ok(bytes));
+    let o = run(&["-e", "kubernetes@1.31", "--index", &url, "--pubkey", pubkey.to_str().unwrap()]);
+    assert_refused(&o, &refused, &disk.path, &before, &[&file, "does not match the signed index"]);
 }
 
 // ---- bad input: each refuses with a clear error, writes no OUT, leaves the input unchanged ----

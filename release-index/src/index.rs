@@ -273,6 +273,8 @@ impl FromStr for Channel {
     }
 }
 
+crate::serde_via_str!(Channel);
+
 /// `>=v1.30` → `>=1.30`: Kubernetes users write versions with their `v`.
 fn strip_v_in_req(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
