@@ -525,6 +525,13 @@ mod tests {
             Command::Verify(_)
         ));
         assert!(Cli::try_parse_from(["bakery", "sign", "f"]).is_err(), "--key is required");
+        let publish = Cli::try_parse_from(["bakery", "publish", "a.raw", "b.raw", "--to", "r", "--key", "k"]).unwrap();
+        assert!(matches!(publish.command,
+            Command::Publish(ref a) if a.images.len() == 2 && a.expires == Duration::from_secs(30 * 86_400) && a.keep == 3));
+        assert!(Cli::try_parse_from(["bakery", "publish", "--to", "r", "--key", "k", "--keep", "1"]).is_err());
+        let verify = Cli::try_parse_from(["bakery", "verify-release", "https://x.example/r", "--pubkey", "p"]).unwrap();
+        assert!(matches!(verify.command,
+            Command::VerifyRelease(ref a) if a.source == ReleaseSource::Url("https://x.example/r/".into())));
     }
 
     #[test]
