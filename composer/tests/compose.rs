@@ -32,12 +32,7 @@ fn assert_installed(image: &Path, offset: u64, exts: &[&Path], scratch: &Path) {
 
 #[test]
 fn composes_into_a_flatcar_layout_disk() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = flatcar_disk(work.path());
     let before = sha256(&disk.path);
     let out = work.path().join("composed.img");
@@ -104,12 +99,7 @@ fn composes_into_a_flatcar_layout_disk() {
 
 #[test]
 fn composes_into_an_ubuntu_layout_disk_and_enables_sysext() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = ubuntu_disk(work.path());
     let before = sha256(&disk.path);
     let out = work.path().join("composed.img");
@@ -137,12 +127,7 @@ fn composes_into_an_ubuntu_layout_disk_and_enables_sysext() {
 
 #[test]
 fn ubuntu_images_pinned_to_the_release_compose_into_ubuntu() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = ubuntu_disk(work.path());
     let out = work.path().join("composed.img");
     // A relative extension path works although debugfs runs in a scratch directory.
@@ -190,12 +175,7 @@ fn qcow2_in_qcow2_out() {
 
 #[test]
 fn compressed_inputs_are_streamed() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = flatcar_disk(work.path());
     for (tool, suffix) in [("xz", "xz"), ("zstd", "zst"), ("bzip2", "bz2")] {
         if !disk::have_tools(&[tool]) {
@@ -226,12 +206,7 @@ fn compressed_inputs_are_streamed() {
 
 #[test]
 fn recomposing_replaces_links_and_keeps_the_filesystem_clean() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = ubuntu_disk(work.path());
     let once = work.path().join("once.img");
     assert_ok(&compose(&disk.path, &once, &[&exts.kubernetes], &[]));
@@ -242,12 +217,7 @@ fn recomposing_replaces_links_and_keeps_the_filesystem_clean() {
 
 #[test]
 fn reads_the_backup_gpt_when_the_primary_is_damaged() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = flatcar_disk(work.path());
     {
         use std::io::{Seek, SeekFrom, Write};
@@ -306,12 +276,7 @@ fn btrfs_usr_needs_os_release_and_arch() {
 
 #[test]
 fn signatures_are_checked_with_pubkey() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = ubuntu_disk(work.path());
     let before = sha256(&disk.path);
     let keys = work.path().join("keys");
@@ -360,12 +325,7 @@ fn release(dir: &Path, exts: &Extensions) -> (std::path::PathBuf, std::path::Pat
 
 #[test]
 fn channels_come_from_a_signed_release_index() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let (release, pubkey) = release(work.path(), exts);
     let disk = flatcar_disk(work.path());
     let before = sha256(&disk.path);
@@ -435,12 +395,7 @@ fn channels_come_from_a_signed_release_index() {
 
 #[test]
 fn refuses_a_file_that_is_not_a_disk() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let input = work.path().join("notes.txt");
     std::fs::write(&input, "hello\n".repeat(1000)).unwrap();
     let before = sha256(&input);
@@ -451,12 +406,7 @@ fn refuses_a_file_that_is_not_a_disk() {
 
 #[test]
 fn refuses_an_mbr_only_disk() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let input = disk::mbr_only(work.path());
     let before = sha256(&input);
     let out = work.path().join("out.img");
@@ -466,12 +416,7 @@ fn refuses_an_mbr_only_disk() {
 
 #[test]
 fn refuses_a_disk_without_a_root_partition() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = flatcar_disk(work.path());
     // Rename ROOT so neither layout matches.
     let st = Command::new("sfdisk").args(["--quiet", "--part-label"]).arg(&disk.path).args(["9", "DATA"]).status();
@@ -486,12 +431,7 @@ fn refuses_a_disk_without_a_root_partition() {
 
 #[test]
 fn refuses_a_root_that_is_not_ext4() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = flatcar_disk(work.path());
     let st = Command::new("mkfs.ext2")
         .args(["-q", "-F", "-L", "ROOT", "-E"])
@@ -574,12 +514,7 @@ fn refuses_an_extension_for_another_architecture() {
 
 #[test]
 fn refuses_an_extension_for_another_os() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = flatcar_disk(work.path());
     let before = sha256(&disk.path);
     let out = work.path().join("out.img");
@@ -598,12 +533,7 @@ fn refuses_an_extension_for_another_os() {
 
 #[test]
 fn refuses_to_overwrite_out_or_the_input() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = flatcar_disk(work.path());
     let before = sha256(&disk.path);
     let o = compose(&disk.path, &disk.path, &[&exts.kubernetes], &[]);

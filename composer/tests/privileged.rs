@@ -44,12 +44,7 @@ fn merge_composed(disk: &sysext_tests::disk::SyntheticDisk, out: &std::path::Pat
 #[test]
 fn kubelet_runs_from_a_composed_flatcar_disk() {
     require_root!();
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = flatcar_disk(work.path());
     let out = work.path().join("composed.img");
     assert_ok(&compose(&disk.path, &out, &exts.all(), &[]));
@@ -59,12 +54,7 @@ fn kubelet_runs_from_a_composed_flatcar_disk() {
 #[test]
 fn kubelet_runs_from_a_composed_ubuntu_disk() {
     require_root!();
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
-    let exts = extensions();
-    let work = tempfile::tempdir().unwrap();
+    let Some(Case { exts, work }) = case() else { return };
     let disk = ubuntu_disk(work.path());
     let out = work.path().join("composed.img");
     assert_ok(&compose(&disk.path, &out, &exts.all(), &[]));

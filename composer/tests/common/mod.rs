@@ -93,6 +93,21 @@ pub fn extensions() -> &'static Extensions {
     })
 }
 
+/// What most tests start from: the extensions and a scratch directory.
+pub struct Case {
+    pub exts: &'static Extensions,
+    pub work: tempfile::TempDir,
+}
+
+/// Disk tools, a supported host architecture and the extensions, or a loud skip.
+pub fn case() -> Option<Case> {
+    if !have_disk_tools() {
+        return None;
+    }
+    host_arch()?;
+    Some(Case { exts: extensions(), work: tempfile::tempdir().unwrap() })
+}
+
 /// Whether the disk tools and e2fsprogs are installed (loud skip otherwise).
 pub fn have_disk_tools() -> bool {
     disk::have_tools(&DISK_TOOLS) && disk::have_tools(&["debugfs", "e2fsck"])
