@@ -17,6 +17,7 @@ use crate::input::OutputFormat;
 use crate::inspect::inspect;
 use crate::source::{ExtensionSource, ReleaseIndex};
 use crate::target::{Overrides, TargetChoice};
+use release_index::index::BaseUrl;
 use release_index::source::ReleaseSource;
 
 /// Put systemd system extensions into stock Flatcar and Ubuntu disk images, without root.
@@ -60,6 +61,16 @@ struct TargetArgs {
     /// label cloudimg-rootfs).
     #[arg(long, value_name = "DISTRO", value_enum, default_value = "auto")]
     target: TargetChoice,
+    #[command(flatten)]
+    facts: FactArgs,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What an image cannot always tell about itself.
+#[derive(Debug, Args)]
+struct FactArgs {
     /// The image's os-release, when it cannot be read from the image (Flatcar's USR-A is
     /// btrfs since 3794).
     #[arg(long, value_name = "FILE")]
@@ -67,9 +78,12 @@ struct TargetArgs {
     /// The image's architecture, when it cannot be read from the image.
     #[arg(long, value_name = "ARCH")]
     arch: Option<Arch>,
-    /// Print the result as JSON on stdout.
-    #[arg(long)]
-    json: bool,
+}
+
+impl FactArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides { os_release: self.os_release.clone(), arch: self.arch }
+    }
 }
 
 /// Write extensions into a copy of a disk image.
@@ -92,10 +106,10 @@ struct ComposeArgs {
     /// so nodes follow patch releases of the installed minor.
     #[arg(long)]
     sysupdate: bool,
-    /// Base URL the transfer files download from (<URL>/<name>/); defaults to --index when
-    /// that is a URL.
+    /// Base URL the transfer files download from (<URL>/<name>/); defaults to the base URL
+    /// the signed --index names.
     #[arg(long, value_name = "URL", requires = "sysupdate")]
-    sysupdate_url: Option<String>,
+    sysupdate_url: Option<BaseUrl>,
 }
 
 /// Check that systemd-sysext on the image would merge the extensions; writes nothing.
@@ -111,12 +125,8 @@ struct InspectArgs {
     /// Disk image: raw, qcow2, or compressed raw.
     #[arg(long, value_name = "IN")]
     image: PathBuf,
-    /// The image's os-release, when it cannot be read from the image.
-    #[arg(long, value_name = "FILE")]
-    os_release: Option<PathBuf>,
-    /// The image's architecture, when it cannot be read from the image.
-    #[arg(long, value_name = "ARCH")]
-    arch: Option<Arch>,
+    #[command(flatten)]
+    facts: FactArgs,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -144,7 +154,7 @@ impl TargetArgs {
             index,
             pubkey,
             target: self.target,
-            overrides: Overrides { os_release: self.os_release.clone(), arch: self.arch },
+            overrides: self.facts.overrides(),
         })
     }
 }
@@ -154,7 +164,7 @@ impl ComposeArgs {
         let check = self.target.request()?;
         let sysupdate = if self.sysupdate {
             match (&self.sysupdate_url, &check.index) {
-                (Some(u), _) => Some(u.clone()),
+                (Some(u), _) => Some(u.to_string()),
                 // The URL the signed index says the release is served from.
                 (None, Some(index)) => Some(index.base_url().to_string()),
                 _ => bail!("--sysupdate needs the URL nodes update from: pass --sysupdate-url URL (or --index)"),
@@ -231,7 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Inspect(args) => {
-            let overrides = Overrides { os_release: args.os_release.clone(), arch: args.arch };
+            let overrides = args.facts.overrides();
             let report =
                 inspect(&args.image, &overrides).with_context(|| format!("inspecting {}", args.image.display()))?;
             if args.json {
