@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use sysext_tests::sandbox::{attached_loop_devices, FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
+use sysext_tests::sandbox::{FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
 use sysext_tests::upstream::message;
 use sysext_tests::{require_root, Arch, FixtureServer, MergeSandbox};
 
@@ -57,11 +57,14 @@ fn merged_checks(arch: Arch) -> String {
     s.push_str("cmp /opt/cni/bin/bridge /usr/libexec/cni/bridge\n");
     s.push_str("test -x /opt/cni/bin/bridge\n");
     s.push_str("echo cilium > /opt/cni/bin/cilium-cni && echo mine > /opt/cni/bin/loopback\n");
-    s.push_str("/usr/libexec/cni-sysext/populate-opt-cni-bin /usr/libexec/cni /opt/cni/bin > /tmp/populate.log\n");
+    // The log stays in a variable: /tmp is the host's, shared by merges running in parallel.
+    s.push_str("log=$(/usr/libexec/cni-sysext/populate-opt-cni-bin /usr/libexec/cni /opt/cni/bin)\n");
     s.push_str(
         "test \"$(cat /opt/cni/bin/loopback)\" = mine || { echo 'an add-on plugin was overwritten' >&2; exit 1; }\n",
     );
-    s.push_str("grep -q 'keeping /opt/cni/bin/loopback' /tmp/populate.log\n");
+    s.push_str(
+        "printf '%s\\n' \"$log\" | grep -q 'keeping /opt/cni/bin/loopback' || { echo \"add-on plugin not reported as kept: $log\" >&2; exit 1; }\n",
+    );
     s.push_str("systemd-sysext list --no-legend | awk '{print $1}' | sort | tr '\\n' ' '\n");
     s
 }
@@ -86,7 +89,7 @@ fn merges_on_a_flatcar_like_node() {
     let out = node.run(&merged_checks(arch));
     assert!(out.success, "merge failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
     assert!(out.stdout.contains("cni containerd kubernetes"), "{}", out.stdout);
-    assert_eq!(attached_loop_devices(), Vec::<String>::new(), "loop devices left attached");
+    assert_eq!(out.leftover_loop_devices, Vec::<String>::new(), "loop devices left attached");
 }
 
 #[test]
@@ -99,6 +102,7 @@ fn merges_on_an_ubuntu_like_node() {
     let out = node.run(&merged_checks(arch));
     assert!(out.success, "merge failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
     assert!(out.stdout.contains("cni containerd kubernetes"), "{}", out.stdout);
+    assert_eq!(out.leftover_loop_devices, Vec::<String>::new(), "loop devices left attached");
 }
 
 /// systemd skips an incompatible image silently (exit 0), so the check is that the image's

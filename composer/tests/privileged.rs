@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use sysext_tests::sandbox::{attached_loop_devices, FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
+use sysext_tests::sandbox::{FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
 use sysext_tests::upstream::message;
 use sysext_tests::{require_root, MergeSandbox};
 
@@ -25,12 +25,7 @@ fn checks(arch: sysext_tests::Arch) -> String {
     s
 }
 
-/// One merge at a time: each asserts afterwards that no loop device is left attached, which
-/// a concurrent merge would make racy.
-static MERGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn merge_composed(disk: &sysext_tests::disk::SyntheticDisk, out: &std::path::Path, os_release: &str) {
-    let _one = MERGES.lock().unwrap_or_else(|e| e.into_inner());
     let arch = extensions().arch;
     let mut node = MergeSandbox::new(os_release);
     node.composed_root(out, disk.root_offset, disk.root_size);
@@ -38,7 +33,7 @@ fn merge_composed(disk: &sysext_tests::disk::SyntheticDisk, out: &std::path::Pat
     assert!(res.success, "merge failed:\nstdout: {}\nstderr: {}", res.stdout, res.stderr);
     assert!(res.stdout.contains(&format!("/opt/extensions/kubernetes/kubernetes-{K8S}-{arch}.raw")), "{}", res.stdout);
     assert!(res.stdout.contains("cni containerd kubernetes"), "{}", res.stdout);
-    assert_eq!(attached_loop_devices(), Vec::<String>::new(), "loop devices left attached");
+    assert_eq!(res.leftover_loop_devices, Vec::<String>::new(), "loop devices left attached");
 }
 
 #[test]

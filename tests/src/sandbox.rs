@@ -47,6 +47,8 @@ pub struct MergeOutput {
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+    /// Loop devices attached by the run and still attached after it (should be none).
+    pub leftover_loop_devices: Vec<String>,
 }
 
 fn quote(p: &Path) -> String {
@@ -133,11 +135,17 @@ impl MergeSandbox {
         let _ = writeln!(s, "systemd-sysext merge");
         let _ = writeln!(s, "( {checks}\n)");
         let _ = writeln!(s, "systemd-sysext unmerge >/dev/null");
+        // Loop devices are global: one merge at a time per test binary, so the devices a run
+        // leaves behind can be told apart from another test's.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let before = attached_loop_devices();
         let out = Command::new("unshare").args(["-m", "sh", "-c", &s]).output().expect("running unshare");
         MergeOutput {
             success: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            leftover_loop_devices: attached_loop_devices().into_iter().filter(|d| !before.contains(d)).collect(),
         }
     }
 }
