@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use bakery::image::{write_image, BlockSize, Compression, ImageError, ImageOptions, ImageSummary};
 use bakery::tree::{FileSource, Tree};
 use signing::Sha256Digest;
+use sysext_tests::noise;
 
 // ---------------------------------------------------------------------------------------------
 // The expected content of an image, materialisable as a directory and as a `Tree`.
@@ -137,19 +138,6 @@ fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, ()>) {
             collect(root, &p, out);
         }
     }
-}
-
-/// Seeded xorshift noise: incompressible, and the same on every run.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Compressible, binary-ish data: text with some noise in it.

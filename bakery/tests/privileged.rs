@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use common::*;
 use sysext_tests::sandbox::{FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
-use sysext_tests::upstream::message;
+use sysext_tests::upstream::runs_check;
 use sysext_tests::{require_root, Arch, FixtureServer, MergeSandbox};
 
 struct Built {
@@ -39,11 +39,7 @@ fn merged_checks(arch: Arch) -> String {
         ("ctr", CONTAINERD),
         ("runc", RUNC),
     ] {
-        let want = message(bin, version, arch);
-        s.push_str(&format!(
-            "test \"$({bin})\" = '{}' || {{ echo 'wrong output from {bin}' >&2; exit 1; }}\n",
-            want.trim_end()
-        ));
+        s.push_str(&runs_check(bin, version, arch));
     }
     s.push_str("test -f /usr/lib/systemd/system/kubelet.service\n");
     s.push_str("test -f /usr/lib/systemd/system/containerd.service\n");

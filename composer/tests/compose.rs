@@ -564,15 +564,7 @@ fn squashfs_extension(
         format!("ID=_any\nARCHITECTURE={arch}\n"),
     )
     .unwrap();
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    let payload: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let payload = sysext_tests::noise(1, len);
     std::fs::write(tree.join(format!("usr/share/{name}/payload")), payload).unwrap();
     let image = dir.join(format!("{name}-{version}-{arch}.raw"));
     let st = Command::new("mksquashfs")

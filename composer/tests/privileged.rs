@@ -6,17 +6,13 @@ mod common;
 
 use common::*;
 use sysext_tests::sandbox::{FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
-use sysext_tests::upstream::message;
+use sysext_tests::upstream::runs_check;
 use sysext_tests::{require_root, MergeSandbox};
 
 fn checks(arch: sysext_tests::Arch) -> String {
     let mut s = String::new();
     for (bin, version) in [("kubelet", K8S), ("kubectl", K8S), ("containerd", CONTAINERD), ("runc", RUNC)] {
-        let want = message(bin, version, arch);
-        s.push_str(&format!(
-            "test \"$({bin})\" = '{}' || {{ echo 'wrong output from {bin}' >&2; exit 1; }}\n",
-            want.trim_end()
-        ));
+        s.push_str(&runs_check(bin, version, arch));
     }
     s.push_str("test -x /usr/libexec/cni/bridge\n");
     // The links came from the composed filesystem, not from the sandbox.

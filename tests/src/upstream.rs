@@ -59,6 +59,15 @@ pub fn message(name: &str, version: &str, arch: Arch) -> String {
     format!("{name} {version} linux/{}\n", arch.go_arch())
 }
 
+/// A shell line (for [`crate::MergeSandbox::run`]) that fails unless the merged `name` runs
+/// and prints its [`message`].
+pub fn runs_check(name: &str, version: &str, arch: Arch) -> String {
+    format!(
+        "test \"$({name})\" = '{}' || {{ echo 'wrong output from {name}' >&2; exit 1; }}\n",
+        message(name, version, arch).trim_end()
+    )
+}
+
 /// `v1.2.3` for both `1.2.3` and `v1.2.3`: Kubernetes, runc and CNI tag with a `v`.
 fn with_v(version: &str) -> String {
     format!("v{}", version.trim_start_matches('v'))

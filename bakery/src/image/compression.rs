@@ -216,15 +216,7 @@ mod tests {
 
     #[test]
     fn incompressible_input_is_reported() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let noise: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = sysext_tests::noise(1, 65536);
         for c in Compression::ALL {
             let mut codec = Codec::new(c, c.default_level(), BlockSize::default()).unwrap();
             assert!(!codec.compress(&noise, &mut Vec::new()).unwrap(), "{c}");
