@@ -388,10 +388,9 @@ fn publish_into(
     release_dir: &Path,
     store: &Path,
 ) -> Result<Published, PublishError> {
-    let store = store.to_owned();
     let fail = |step: Step| if opts.fail_after == Some(step) { Err(PublishError::Injected(step)) } else { Ok(()) };
 
-    fs::create_dir_all(&store).map_err(io_err(&store))?;
+    fs::create_dir_all(store).map_err(io_err(store))?;
     let lock_path = store.join(".lock");
     let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
     // Another publish finishes in seconds; wait for it rather than fail. (The wait also covers
@@ -406,7 +405,7 @@ fn publish_into(
         }
     }
 
-    let current = current(release_dir, &store)?;
+    let current = current(release_dir, store)?;
     let previous = match &current {
         Current::Generation(g) => Some(load_current(g, opts.key, release_dir)?),
         _ => None,
@@ -421,8 +420,8 @@ fn publish_into(
 
     // Leftovers of crashed publishes: scratch directories and generations never made current.
     let current_serial = previous.as_ref().map_or(0, |p| p.serial);
-    for entry in fs::read_dir(&store).map_err(io_err(&store))? {
-        let entry = entry.map_err(io_err(&store))?;
+    for entry in fs::read_dir(store).map_err(io_err(store))? {
+        let entry = entry.map_err(io_err(store))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let stale_generation = name.parse::<u64>().is_ok_and(|s| s > current_serial);
         if name.starts_with(".tmp-") || stale_generation {
@@ -535,13 +534,13 @@ fn publish_into(
     let generation = store.join(generation_name(serial));
     fs::rename(&tmp, &generation).map_err(io_err(&generation))?;
     scratch.armed = false;
-    sync_dir(&store)?;
+    sync_dir(store)?;
     fail(Step::Commit)?;
 
-    swap(release_dir, &store, serial, matches!(current, Current::EmptyDir))?;
+    swap(release_dir, store, serial, matches!(current, Current::EmptyDir))?;
     fail(Step::Swap)?;
 
-    prune(&store, serial, opts.keep_generations.max(2))?;
+    prune(store, serial, opts.keep_generations.max(2))?;
     fail(Step::Prune)?;
     drop(lock);
     Ok(Published { index, generation, added, unchanged })
