@@ -9,10 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
-use release_index::extension_release::{ExtensionRelease, OsTarget};
-use release_index::{Arch, ImageName, Version};
 use serde::Serialize;
 use signing::{PrivateKey, Sha256Digest};
+use sysext_model::{Arch, ImageName, Version};
+use sysext_model::{ExtensionRelease, OsTarget};
 
 use crate::fetch::{FetchOptions, Fetcher};
 use crate::image::{write_image_with_progress, ImageOptions, ImageSummary};
@@ -20,6 +20,7 @@ use crate::inspect::inspect;
 use crate::lint::{lint, LintError};
 use crate::progress::bytes_bar;
 use crate::recipe::Recipe;
+use crate::resolve::resolve_locked;
 use crate::resolve::{resolve, InputsLock};
 use crate::stage::{finish, ships_units, stage};
 
@@ -42,6 +43,8 @@ pub struct CreateRequest {
     pub force: bool,
     /// Download settings.
     pub fetch: FetchOptions,
+    /// Rebuild from this inputs lock instead of upstream's checksums.
+    pub locked: Option<InputsLock>,
     /// Sign the image with this key.
     pub key: Option<PrivateKey>,
 }
@@ -96,7 +99,10 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
     }
 
     let fetcher = Fetcher::new(req.fetch.clone())?;
-    let (fetched, lock) = resolve(&req.recipe, &req.version, req.arch, &fetcher)?;
+    let (fetched, lock) = match &req.locked {
+        Some(lock) => resolve_locked(&req.recipe, &req.version, req.arch, &fetcher, lock)?,
+        None => resolve(&req.recipe, &req.version, req.arch, &fetcher)?,
+    };
 
     let scratch_parent = req.fetch.cache_dir.join("tmp");
     fs_err::create_dir_all(&scratch_parent)?;
@@ -126,7 +132,7 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
 
     // Read the image back the way a consumer would before it gets its real name.
     let check = inspect(tmp.path()).with_context(|| format!("verifying the written image {name}"))?;
-    let found = check.extension_release.get(req.recipe.name.as_str());
+    let found = check.contents.extension_release.get(req.recipe.name.as_str());
     ensure!(
         found == Some(&release),
         "verifying the written image {name}: extension-release.{} reads back as {found:?}",
@@ -134,9 +140,9 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
     );
     let expected_entries = tree.walk().len();
     ensure!(
-        check.entries.len() == expected_entries,
+        check.contents.entries.len() == expected_entries,
         "verifying the written image {name}: {} entries read back, {expected_entries} staged",
-        check.entries.len()
+        check.contents.entries.len()
     );
 
     fs_err::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::io::Read;
 
-use release_index::Arch;
+use sysext_model::{elf, Arch};
 
 use crate::tree::{FileSource, Node, Tree};
 
@@ -33,37 +33,12 @@ impl fmt::Display for Violation {
 #[error("the image would not work as a system extension ({} problem{}):\n  {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
 pub struct LintError(pub Vec<Violation>);
 
-fn elf_machine_name(machine: u16) -> String {
-    match machine {
-        3 => "x86 (i386)".into(),
-        40 => "arm".into(),
-        62 => "x86-64".into(),
-        183 => "arm64".into(),
-        243 => "riscv".into(),
-        21 => "ppc64".into(),
-        22 => "s390".into(),
-        other => format!("e_machine {other}"),
-    }
-}
-
-/// The ELF `e_machine` of a file's first bytes, if it is an ELF file.
-pub fn elf_machine(head: &[u8]) -> Option<u16> {
-    if head.len() < 20 || &head[..4] != b"\x7fELF" {
-        return None;
-    }
-    let bytes = [head[18], head[19]];
-    Some(match head[5] {
-        2 => u16::from_be_bytes(bytes),
-        _ => u16::from_le_bytes(bytes),
-    })
-}
-
 fn head_of(source: &FileSource) -> std::io::Result<Vec<u8>> {
     match source {
-        FileSource::Bytes(b) => Ok(b[..b.len().min(20)].to_vec()),
+        FileSource::Bytes(b) => Ok(b[..b.len().min(elf::HEADER_LEN)].to_vec()),
         FileSource::Path(p) => {
-            let mut head = Vec::with_capacity(20);
-            fs_err::File::open(p)?.take(20).read_to_end(&mut head)?;
+            let mut head = Vec::with_capacity(elf::HEADER_LEN);
+            fs_err::File::open(p)?.take(elf::HEADER_LEN as u64).read_to_end(&mut head)?;
             Ok(head)
         }
     }
@@ -92,13 +67,13 @@ pub fn lint(tree: &Tree, arch: Arch) -> std::io::Result<Vec<Violation>> {
     }
     for (path, node) in tree.walk() {
         if let Node::File(file) = node {
-            if let Some(machine) = elf_machine(&head_of(&file.source)?) {
+            if let Some(machine) = elf::machine(&head_of(&file.source)?) {
                 if machine != arch.elf_machine() {
                     push(
                         &path,
                         &format!(
                             "ELF binary for {}, but the image is for {arch}: it would fail with 'exec format error' on the node",
-                            elf_machine_name(machine)
+                            elf::machine_name(machine)
                         ),
                     );
                 }
@@ -155,15 +130,5 @@ mod tests {
         let v = lint(&t, Arch::Arm64).unwrap();
         assert_eq!(v.len(), 1);
         assert!(v[0].problem.contains("real directory"));
-    }
-
-    #[test]
-    fn elf_machine_reads_both_endians() {
-        let mut h = vec![0u8; 20];
-        h[..4].copy_from_slice(b"\x7fELF");
-        h[5] = 2;
-        h[18..20].copy_from_slice(&22u16.to_be_bytes());
-        assert_eq!(elf_machine(&h), Some(22));
-        assert_eq!(elf_machine(b"#!/bin/sh\n"), None);
     }
 }

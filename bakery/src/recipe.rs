@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use release_index::{Arch, ExtensionName, Version};
 use serde::Deserialize;
 use signing::Sha256Digest;
+use sysext_model::{Arch, ExtensionName, Version};
 
 include!(concat!(env!("OUT_DIR"), "/embedded_recipes.rs"));
 
@@ -398,7 +398,7 @@ impl Recipe {
             reason,
             example: self.version.example.clone(),
         };
-        let version: Version = given.parse().map_err(|e: release_index::VersionParseError| bad(e.to_string()))?;
+        let version: Version = given.parse().map_err(|e: sysext_model::VersionParseError| bad(e.to_string()))?;
         let prefix = &self.version.prefix;
         let core =
             given.strip_prefix(prefix.as_str()).ok_or_else(|| bad(format!("upstream tags start with '{prefix}'")))?;

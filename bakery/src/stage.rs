@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use release_index::extension_release::ExtensionRelease;
+use sysext_model::ExtensionRelease;
 
 use crate::recipe::{wildcard_match, InstallRule, Recipe, Unpack};
 use crate::resolve::{Fetched, InputsLock};

@@ -107,11 +107,11 @@ fn publish_then_verify_from_a_directory_and_over_http() {
 
     let public = PublicKey::read_pem(&r.keys.join("public.pem")).unwrap();
     let state = r.work.dir.path().join("state.json");
-    let client = Client::new(url.parse::<ReleaseSource>().unwrap(), public, Some(state.clone()));
+    let client = Client::new(url.parse::<ReleaseSource>().unwrap().backend().unwrap(), public, Some(state.clone()));
     let trusted = client.fetch_index().unwrap();
     let (version, art) = trusted
         .index
-        .resolve(&"kubernetes".parse().unwrap(), &"1.31".parse().unwrap(), release_index::Arch::X86_64)
+        .resolve(&"kubernetes".parse().unwrap(), &"1.31".parse().unwrap(), sysext_model::Arch::X86_64)
         .unwrap();
     assert_eq!(version.as_str(), K8S);
     let dest = r.work.dir.path().join("node");

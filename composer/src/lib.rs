@@ -1,21 +1,20 @@
-//! composer: put systemd system extensions into stock Flatcar and Ubuntu disk images, without
-//! root, loop devices or a VM.
+//! composer: put systemd system extensions onto nodes: into stock Flatcar and Ubuntu disk
+//! images without root, loop devices or a VM (`compose`), and next through provisioning
+//! configs and a node agent.
 //!
-//! The pipeline is: [`source`] turns each `--extension` into a verified local image;
-//! [`input`] makes a sparse raw working copy of the disk; [`gpt`] and [`fsprobe`] find the
-//! partitions; [`target`] recognises the distribution and reads its os-release; [`compat`]
-//! applies systemd-sysext's matching rules; [`e2fs`] writes into the ext4 root with debugfs
-//! and checks it with e2fsck; [`compose`] orders all of it so nothing is published unless
-//! every step succeeded.
+//! - [`source`] turns each `--extension` into a verified local image;
+//! - [`plan`] describes what goes onto a node (images, links, units, transfer files), once,
+//!   for every way of getting it there;
+//! - [`disk`] reads and edits disk images: the sparse working copy ([`disk::input`]), the
+//!   partition table ([`disk::gpt`]), filesystems ([`disk::fsprobe`]), the distribution and
+//!   its os-release ([`disk::target`]), ext4 edits and checks through e2fsprogs
+//!   ([`disk::e2fs`]);
+//! - [`compose`] orders all of it so nothing is published unless every step succeeded;
+//! - [`cli`] is the command line.
 #![warn(missing_docs)]
 
 pub mod cli;
-pub mod compat;
 pub mod compose;
-pub mod e2fs;
-pub mod fsprobe;
-pub mod gpt;
-pub mod input;
-pub mod inspect;
+pub mod disk;
+pub mod plan;
 pub mod source;
-pub mod target;

@@ -1,42 +1,25 @@
 //! Where extension images come from, and turning each `--extension` argument into a verified
 //! local file with its parsed identity.
 //!
-//! A local file is used as it is (its `.sig` checked when `--pubkey` is given). A channel
-//! (`kubernetes@1.31`) is looked up in a signed release index opened once per run
-//! ([`ReleaseIndex`]): signature and expiry checked, the newest matching version for the
-//! target's architecture chosen, and the artifact downloaded with its size and digests
-//! verified while it streams.
+//! A local file is read once: its bytes are signature-checked (with `--pubkey`), hashed and
+//! written into a private copy, and that copy is what gets inspected and installed, so a file
+//! changed on disk half-way cannot slip past the checks. A channel (`kubernetes@1.31`) is
+//! looked up in a signed release index opened once per run ([`ReleaseIndex`]): signature,
+//! expiry and serial checked, the newest matching version for the target's architecture
+//! chosen, and the artifact downloaded with its size and digests verified while it streams.
 
 use std::fmt;
-use std::io::{BufReader, Read};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use backhand::{FilesystemReader, InnerNode};
 use release_index::client::{Client, ClientError, TrustedIndex};
-use release_index::extension_release::ExtensionRelease;
-use release_index::index::{BaseUrl, Channel};
-use release_index::source::ReleaseSource;
-use release_index::{Arch, ExtensionName, ImageName};
+use release_index::image::ImageError;
+use release_index::source::Backend;
 use serde::Serialize;
 use signing::{PublicKey, Sha256Digest};
-
-/// A channel of an extension in a release index: `NAME@CHANNEL`, e.g. `kubernetes@1.31`
-/// (the newest `v1.31.x`) or `containerd@2.0`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ChannelRef {
-    /// Extension name.
-    pub name: ExtensionName,
-    /// Which versions: `1.31` (its patch releases), `~1.31`, `>=1.30, <1.32`, `v1.31.3`, `latest`.
-    pub channel: Channel,
-}
-
-impl fmt::Display for ChannelRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.name, self.channel)
-    }
-}
+use sysext_model::{Arch, BaseUrl, ChannelRef, ExtensionRelease, ImageName};
 
 /// One `--extension` argument.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -45,7 +28,7 @@ pub enum ExtensionSource {
     /// A local image file named `<name>-<version>-<arch>.raw`.
     File(PathBuf),
     /// `NAME@CHANNEL`, resolved through the signed release index.
-    Channel(ChannelRef),
+    Channel(#[serde(serialize_with = "as_display")] ChannelRef),
 }
 
 /// Why an `--extension` argument is not understood.
@@ -65,16 +48,11 @@ impl FromStr for ExtensionSource {
         if s.is_empty() {
             return Err(err("empty".into()));
         }
-        match s.split_once('@') {
-            Some((name, channel)) if !s.contains('/') && !s.ends_with(".raw") => {
-                let name: ExtensionName =
-                    name.parse().map_err(|e: release_index::NameParseError| err(e.to_string()))?;
-                let channel: Channel =
-                    channel.parse().map_err(|e: release_index::index::ChannelParseError| err(e.to_string()))?;
-                Ok(ExtensionSource::Channel(ChannelRef { name, channel }))
-            }
-            _ => Ok(ExtensionSource::File(PathBuf::from(s))),
+        if s.contains('@') && !s.contains('/') && !s.ends_with(".raw") {
+            let channel: ChannelRef = s.parse().map_err(|e: sysext_model::ChannelRefParseError| err(e.to_string()))?;
+            return Ok(ExtensionSource::Channel(channel));
         }
+        Ok(ExtensionSource::File(PathBuf::from(s)))
     }
 }
 
@@ -88,7 +66,8 @@ impl fmt::Display for ExtensionSource {
 }
 
 /// A signed release index opened for `NAME@CHANNEL` sources (`--index`): fetched once per
-/// run, its signature checked with `--pubkey` before it is parsed, and refused once expired.
+/// run, its signature checked with `--pubkey` before it is parsed, refused once expired or
+/// when its serial is below `--min-serial`.
 #[derive(Debug)]
 pub struct ReleaseIndex {
     client: Client,
@@ -96,11 +75,11 @@ pub struct ReleaseIndex {
 }
 
 impl ReleaseIndex {
-    /// Fetches and verifies the index at `source` (a directory or an http(s) URL).
-    pub fn open(source: ReleaseSource, pubkey: PublicKey) -> Result<Self, SourceError> {
-        // No state file: building disk images is not a node following a release, so there is
-        // no serial to hold it to; signature and expiry still apply.
-        let client = Client::new(source, pubkey, None);
+    /// Fetches and verifies the index of the release `source` reads.
+    pub fn open(source: Arc<dyn Backend>, pubkey: PublicKey, min_serial: Option<u64>) -> Result<Self, SourceError> {
+        // No state file: building disk images is not a node following a release; a caller
+        // who has seen a serial passes it as the floor instead.
+        let client = Client::new(source, pubkey, None).with_min_serial(min_serial);
         let trusted = client.fetch_index()?;
         Ok(Self { client, trusted })
     }
@@ -113,6 +92,11 @@ impl ReleaseIndex {
     /// The index's serial.
     pub fn serial(&self) -> u64 {
         self.trusted.index.serial
+    }
+
+    /// The verified index.
+    pub fn trusted(&self) -> &TrustedIndex {
+        &self.trusted
     }
 }
 
@@ -128,12 +112,12 @@ pub struct ResolveOptions<'a> {
     pub arch: Option<Arch>,
 }
 
-/// An extension image ready to install: a verified local file and what it declares.
+/// An extension image ready to install: a verified private copy and what it declares.
 #[derive(Clone, Debug, Serialize)]
 pub struct ResolvedExtension {
     /// The argument it came from.
     pub source: ExtensionSource,
-    /// The image file on this machine.
+    /// The verified copy on this machine (in a private directory).
     pub path: PathBuf,
     /// Name, version and architecture (from the file name, cross-checked with the image).
     #[serde(serialize_with = "as_display")]
@@ -144,16 +128,19 @@ pub struct ResolvedExtension {
     pub size: u64,
     /// sha256 of the file.
     pub sha256: Sha256Digest,
+    /// sha512 of the file.
+    #[serde(skip)]
+    pub sha512: signing::Sha512Digest,
     /// Key id of the signature that was checked, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_by: Option<String>,
-    /// The private directory a channel's artifact was downloaded into; removed when the last
-    /// copy of this value is dropped.
+    /// The private directory holding `path`; removed when the last copy of this value is
+    /// dropped.
     #[serde(skip)]
-    pub download: Option<Arc<tempfile::TempDir>>,
+    pub scratch: Arc<tempfile::TempDir>,
 }
 
-fn as_display<S: serde::Serializer>(v: &ImageName, s: S) -> Result<S::Ok, S::Error> {
+fn as_display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
@@ -174,59 +161,14 @@ pub enum SourceError {
         /// File.
         path: PathBuf,
         /// Parser message.
-        cause: release_index::ImageNameParseError,
+        cause: sysext_model::ImageNameParseError,
     },
     /// The signature did not verify.
     #[error(transparent)]
     Signature(#[from] signing::VerifyError),
-    /// Not a squashfs image.
-    #[error("{}: not a readable squashfs system extension image: {reason}", path.display())]
-    NotSquashfs {
-        /// File.
-        path: PathBuf,
-        /// Reader message.
-        reason: String,
-    },
-    /// The release file systemd binds to the link name is missing.
-    #[error("{}: has no {expected}; systemd-sysext 252 aborts every merge when an image lacks it (found: {found})", path.display())]
-    MissingRelease {
-        /// File.
-        path: PathBuf,
-        /// The path that must exist.
-        expected: String,
-        /// The extension-release files that do exist.
-        found: String,
-    },
-    /// The release file does not parse.
-    #[error("{}: {path_inside}: {cause}", path.display())]
-    Release {
-        /// File.
-        path: PathBuf,
-        /// Path of the release file inside the image.
-        path_inside: String,
-        /// Parser message.
-        cause: String,
-    },
-    /// The image ships an os-release, which systemd refuses.
-    #[error("{}: contains /usr/lib/os-release, which would shadow the host's; systemd-sysext refuses such images", path.display())]
-    ShipsOsRelease {
-        /// File.
-        path: PathBuf,
-    },
-    /// File name and contents disagree.
-    #[error("{}: the file name says {field}={named} but extension-release.{name} has {field}={inside}", path.display())]
-    Mismatch {
-        /// File.
-        path: PathBuf,
-        /// Extension name.
-        name: ExtensionName,
-        /// Field.
-        field: &'static str,
-        /// Value from the file name.
-        named: String,
-        /// Value inside.
-        inside: String,
-    },
+    /// The image cannot be read or would not be merged.
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// `NAME@CHANNEL` without `--index`.
     #[error("{channel}: a channel is looked up in a release index: pass --index URL|DIR and --pubkey PUB")]
     NeedsIndex {
@@ -274,6 +216,13 @@ pub fn resolve(source: &ExtensionSource, opts: ResolveOptions<'_>) -> Result<Res
     }
 }
 
+fn scratch() -> Result<tempfile::TempDir, SourceError> {
+    tempfile::Builder::new()
+        .prefix("composer-extension-")
+        .tempdir()
+        .map_err(|cause| SourceError::Io { path: std::env::temp_dir(), cause })
+}
+
 /// Resolves `NAME@CHANNEL` through the signed index: the newest matching version for the
 /// target's architecture, downloaded and verified against the index (size, SHA-256, SHA-512)
 /// into a private directory, then read like a local file and cross-checked with the index.
@@ -296,29 +245,26 @@ pub fn resolve_channel(channel: &ChannelRef, opts: ResolveOptions<'_>) -> Result
             available: if available.is_empty() { "none".into() } else { available.join(", ") },
         });
     };
-    let dir = tempfile::Builder::new()
-        .prefix("composer-download-")
-        .tempdir()
-        .map_err(|cause| SourceError::Io { path: std::env::temp_dir(), cause })?;
+    let dir = scratch()?;
     let path = index.client.fetch_artifact(artifact, dir.path())?;
-    let image = artifact.file.clone();
-    let extension_release = inspect_image(&path, &image)?;
-    if extension_release != artifact.extension_release {
+    let identity = release_index::image::identity(&path, &artifact.file)?;
+    if identity.extension_release != artifact.extension_release {
         return Err(SourceError::IndexMismatch {
             path,
-            inside: extension_release.fields().clone(),
+            inside: identity.extension_release.fields().clone(),
             indexed: artifact.extension_release.fields().clone(),
         });
     }
     Ok(ResolvedExtension {
         source: ExtensionSource::Channel(channel.clone()),
         path,
-        image,
-        extension_release,
+        image: artifact.file.clone(),
+        extension_release: identity.extension_release,
         size: artifact.size,
         sha256: artifact.sha256,
+        sha512: artifact.sha512,
         verified_by: Some(format!("{} (index serial {})", index.trusted.index.key_id, index.serial())),
-        download: Some(Arc::new(dir)),
+        scratch: Arc::new(dir),
     })
 }
 
@@ -334,79 +280,34 @@ fn resolve_file(
     if !meta.is_file() {
         return Err(io(std::io::Error::other("not a regular file")));
     }
+    // One read: the bytes whose signature is checked are the bytes hashed and installed.
+    let bytes = std::fs::read(path).map_err(io)?;
     let verified_by = match pubkey {
         Some(key) => {
-            key.verify_file(path)?;
+            key.verify_detached(path, &bytes)?;
             Some(key.key_id().to_string())
         }
         None => None,
     };
-    let sha256 = Sha256Digest::of_reader(std::fs::File::open(path).map_err(io)?).map_err(io)?;
-    let extension_release = inspect_image(path, &image)?;
-    // debugfs runs in a scratch directory, so a relative path would name another file there.
-    let path = std::path::absolute(path).map_err(io)?;
+    let digests = signing::Digests::of(&bytes);
+    let dir = scratch()?;
+    let copy = dir.path().join(&file_name);
+    let mut out = std::fs::File::create_new(&copy).map_err(|cause| SourceError::Io { path: copy.clone(), cause })?;
+    out.write_all(&bytes).map_err(|cause| SourceError::Io { path: copy.clone(), cause })?;
+    drop(out);
+    drop(bytes);
+    let identity = release_index::image::read_as(&copy, path)?.identity(path, &image)?;
     Ok(ResolvedExtension {
         source: source.clone(),
-        path,
+        path: copy,
         image,
-        extension_release,
-        size: meta.len(),
-        sha256,
+        extension_release: identity.extension_release,
+        size: digests.size,
+        sha256: digests.sha256,
+        sha512: digests.sha512,
         verified_by,
-        download: None,
+        scratch: Arc::new(dir),
     })
-}
-
-/// Reads `extension-release.<name>` from a squashfs image and checks what systemd-sysext
-/// would otherwise refuse at boot: a missing release file, a shipped os-release, and an
-/// architecture that contradicts the file name.
-pub fn inspect_image(path: &Path, image: &ImageName) -> Result<ExtensionRelease, SourceError> {
-    let file = std::fs::File::open(path).map_err(|cause| SourceError::Io { path: path.to_owned(), cause })?;
-    let fs = FilesystemReader::from_reader(BufReader::new(file))
-        .map_err(|e| SourceError::NotSquashfs { path: path.to_owned(), reason: e.to_string() })?;
-    let expected = format!("/usr/lib/extension-release.d/extension-release.{}", image.name);
-    let mut found = Vec::new();
-    let mut text = None;
-    for node in fs.files() {
-        let p = node.fullpath.to_string_lossy();
-        if p == "/usr/lib/os-release" {
-            return Err(SourceError::ShipsOsRelease { path: path.to_owned() });
-        }
-        if p.starts_with("/usr/lib/extension-release.d/extension-release.") {
-            found.push(p.clone().into_owned());
-        }
-        if p == expected {
-            if let InnerNode::File(f) = &node.inner {
-                let mut buf = Vec::new();
-                fs.file(f)
-                    .reader()
-                    .read_to_end(&mut buf)
-                    .map_err(|cause| SourceError::Io { path: path.to_owned(), cause })?;
-                text = Some(String::from_utf8_lossy(&buf).into_owned());
-            }
-        }
-    }
-    let Some(text) = text else {
-        let found = if found.is_empty() { "none".to_owned() } else { found.join(", ") };
-        return Err(SourceError::MissingRelease { path: path.to_owned(), expected, found });
-    };
-    let release = ExtensionRelease::parse(&text).map_err(|e| SourceError::Release {
-        path: path.to_owned(),
-        path_inside: expected.clone(),
-        cause: e.to_string(),
-    })?;
-    if let Some(arch) = release.get("ARCHITECTURE").filter(|a| !a.is_empty() && *a != "_any") {
-        if arch != image.arch.as_str() {
-            return Err(SourceError::Mismatch {
-                path: path.to_owned(),
-                name: image.name.clone(),
-                field: "ARCHITECTURE",
-                named: image.arch.to_string(),
-                inside: arch.to_owned(),
-            });
-        }
-    }
-    Ok(release)
 }
 
 #[cfg(test)]
@@ -416,13 +317,7 @@ mod tests {
     #[test]
     fn parses_channels_and_paths() {
         let c: ExtensionSource = "kubernetes@1.31".parse().unwrap();
-        assert_eq!(
-            c,
-            ExtensionSource::Channel(ChannelRef {
-                name: "kubernetes".parse().unwrap(),
-                channel: "1.31".parse().unwrap()
-            })
-        );
+        assert_eq!(c, ExtensionSource::Channel("kubernetes@1.31".parse().unwrap()));
         assert_eq!(c.to_string(), "kubernetes@1.31");
         for p in ["out/kubernetes-v1.31.3-x86-64.raw", "./k@1.raw", "dir/x@y", "kubernetes-v1.31.3-x86-64.raw"] {
             assert!(matches!(p.parse::<ExtensionSource>().unwrap(), ExtensionSource::File(_)), "{p}");
@@ -430,7 +325,6 @@ mod tests {
         assert!("kubernetes@".parse::<ExtensionSource>().is_err());
         assert!("Kube@1.31".parse::<ExtensionSource>().is_err());
         assert!("kubernetes@1 31".parse::<ExtensionSource>().is_err());
-        assert!(">=1.30, <1.32".parse::<Channel>().is_ok());
         assert!(matches!("cni@>=1.30, <1.32".parse::<ExtensionSource>().unwrap(), ExtensionSource::Channel(_)));
     }
 

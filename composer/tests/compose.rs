@@ -52,7 +52,7 @@ fn composes_into_a_flatcar_layout_disk() {
     let (stem, text) = transfer::patch_channel(
         &"kubernetes".parse().unwrap(),
         &K8S.parse().unwrap(),
-        "https://ext.example/kubernetes/",
+        &"https://ext.example/kubernetes/".parse().unwrap(),
     )
     .unwrap();
     for suffix in ["conf", "transfer"] {

@@ -11,12 +11,13 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use signing::{DigestsWriter, KeyId, PublicKey, Sha256Digest};
 
 use crate::index::{Artifact, Index, IndexError, MAX_INDEX_BYTES};
 use crate::layout;
-use crate::source::{ReleaseSource, SourceError};
+use crate::source::{Backend, SourceError};
 use crate::timestamp::Timestamp;
 
 /// Why the client refused an index or an artifact.
@@ -134,20 +135,28 @@ pub struct TrustedIndex {
 /// Reads one release with one key.
 #[derive(Debug)]
 pub struct Client {
-    source: ReleaseSource,
+    source: Arc<dyn Backend>,
     pubkey: PublicKey,
     state_file: Option<PathBuf>,
+    min_serial: Option<u64>,
 }
 
 impl Client {
     /// A client for `source`; with a state file, serials are remembered across runs.
-    pub fn new(source: ReleaseSource, pubkey: PublicKey, state_file: Option<PathBuf>) -> Self {
-        Self { source, pubkey, state_file }
+    pub fn new(source: Arc<dyn Backend>, pubkey: PublicKey, state_file: Option<PathBuf>) -> Self {
+        Self { source, pubkey, state_file, min_serial: None }
+    }
+
+    /// Also refuses an index whose serial is below `min` (one the caller saw before), for
+    /// callers that keep no state file.
+    pub fn with_min_serial(mut self, min: Option<u64>) -> Self {
+        self.min_serial = min;
+        self
     }
 
     /// The release this client reads.
-    pub fn source(&self) -> &ReleaseSource {
-        &self.source
+    pub fn source(&self) -> &dyn Backend {
+        self.source.as_ref()
     }
 
     /// Fetches and checks the index now.
@@ -181,6 +190,9 @@ impl Client {
             return Err(ClientError::Expired { location, expires: index.expires, now });
         }
         let sha256 = Sha256Digest::of(&bytes);
+        if let Some(min) = self.min_serial.filter(|m| index.serial < *m) {
+            return Err(ClientError::Rollback { location, serial: index.serial, accepted: min });
+        }
         if let Some(path) = &self.state_file {
             if let Some(state) = read_state(path)? {
                 if index.serial < state.serial {

@@ -5,15 +5,13 @@
 //! replayed older index is detected) and an expiry (so a frozen mirror is detected).
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use signing::{KeyId, Sha256Digest, Sha512Digest};
 
-use crate::extension_release::ExtensionRelease;
+use sysext_model::{Arch, BaseUrl, Channel, ExtensionName, ExtensionRelease, ImageName, Version};
+
 use crate::inputs::Input;
 use crate::timestamp::Timestamp;
-use crate::{Arch, ExtensionName, ImageName, Version};
 
 /// The index format this code writes and the only one it reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -122,17 +120,10 @@ impl Index {
     }
 
     /// The newest version of `name` for `arch` that `channel` admits.
-    ///
-    /// Newest by semver, which agrees with systemd's order on the releases channels select
-    /// (pre-releases are only chosen when the channel names one).
     pub fn resolve(&self, name: &ExtensionName, channel: &Channel, arch: Arch) -> Option<(&Version, &Artifact)> {
-        self.extensions
-            .get(name)?
-            .iter()
-            .filter_map(|(v, arches)| Some((v, v.semver()?, arches.get(&arch)?)))
-            .filter(|(v, sv, _)| channel.matches(v, sv))
-            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(b.0)))
-            .map(|(v, _, art)| (v, art))
+        let versions = self.extensions.get(name)?;
+        let newest = channel.newest(versions.iter().filter(|(_, a)| a.contains_key(&arch)).map(|(v, _)| v))?;
+        Some((newest, &versions[newest][&arch]))
     }
 
     fn check(&self) -> Result<(), IndexError> {
@@ -166,129 +157,6 @@ pub fn valid_relative_path(path: &str) -> Result<(), &'static str> {
         return Err("expected NAME or DIR/NAME");
     }
     parts.iter().try_for_each(|p| crate::sha256sums::valid_name(p))
-}
-
-/// The URL a release directory is served from: `http(s)://…/`, always with a trailing `/`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct BaseUrl(String);
-
-/// Why a string is not a base URL.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid base URL '{0}': expected http:// or https:// followed by a host, without spaces, query or fragment (systemd-sysupdate downloads url-file sources over HTTP)")]
-pub struct BaseUrlParseError(String);
-
-impl BaseUrl {
-    /// The URL, ending in `/`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// URL of a path inside the release.
-    pub fn join(&self, relative: &str) -> String {
-        format!("{}{relative}", self.0)
-    }
-}
-
-impl fmt::Display for BaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for BaseUrl {
-    type Err = BaseUrlParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || BaseUrlParseError(s.to_owned());
-        let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).ok_or_else(err)?;
-        let host = rest.split('/').next().unwrap_or_default();
-        if host.is_empty() || s.bytes().any(|c| c <= b' ' || c >= 0x7f || matches!(c, b'?' | b'#' | b'"' | b'\\')) {
-            return Err(err());
-        }
-        Ok(Self(if s.ends_with('/') { s.to_owned() } else { format!("{s}/") }))
-    }
-}
-
-crate::serde_via_str!(BaseUrl);
-crate::string_schema!(
-    BaseUrl,
-    "BaseUrl",
-    "http(s) URL of the release directory, ending in '/'.",
-    "^https?://[^/?#\\s]+(/[^?#\\s]*)?/$"
-);
-
-/// Which versions a consumer follows: `1.31` (patches of one minor), `~1.31`, `>=1.30, <1.32`,
-/// an exact `v1.31.3`, or `latest`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Channel {
-    spelling: String,
-    req: Option<semver::VersionReq>,
-}
-
-/// Why a channel request is not understood.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid channel '{given}': {reason}; expected e.g. 1.31, ~1.31, '>=1.30, <1.32', v1.31.3 or latest")]
-pub struct ChannelParseError {
-    given: String,
-    reason: String,
-}
-
-impl Channel {
-    /// Whether `version` (read as `semver`) is on this channel.
-    fn matches(&self, _version: &Version, semver: &semver::Version) -> bool {
-        match &self.req {
-            None => semver.pre.is_empty(),
-            Some(req) => req.matches(semver),
-        }
-    }
-}
-
-impl fmt::Display for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.spelling)
-    }
-}
-
-impl FromStr for Channel {
-    type Err = ChannelParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: String| ChannelParseError { given: s.to_owned(), reason };
-        let t = s.trim();
-        if t == "latest" {
-            return Ok(Self { spelling: s.to_owned(), req: None });
-        }
-        let bare = t.strip_prefix('v').unwrap_or(t);
-        let numeric_parts = bare.split('.').collect::<Vec<_>>();
-        let all_numeric = numeric_parts.iter().all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
-        // semver reads a bare `1.31` as `^1.31` (any 1.x from 1.31 on); for Kubernetes, where
-        // minors are not interchangeable, a bare minor means its patch releases only.
-        let req = match numeric_parts.len() {
-            1 | 2 if all_numeric => format!("~{bare}"),
-            3 if all_numeric => format!("={bare}"),
-            _ => strip_v_in_req(t),
-        };
-        let req = semver::VersionReq::parse(&req).map_err(|e| err(e.to_string()))?;
-        Ok(Self { spelling: s.to_owned(), req: Some(req) })
-    }
-}
-
-crate::serde_via_str!(Channel);
-
-/// `>=v1.30` → `>=1.30`: Kubernetes users write versions with their `v`.
-fn strip_v_in_req(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut prev = ' ';
-    for (i, c) in s.char_indices() {
-        let next_is_digit = s[i + 1..].starts_with(|n: char| n.is_ascii_digit());
-        if c == 'v' && next_is_digit && !prev.is_ascii_alphanumeric() {
-            prev = c;
-            continue;
-        }
-        out.push(c);
-        prev = c;
-    }
-    out
 }
 
 #[cfg(test)]
@@ -378,17 +246,5 @@ pub(crate) mod tests {
         assert_eq!(pick("1.33"), None);
         assert_eq!(index.resolve(&k, &"1.31".parse().unwrap(), Arch::Arm64), None);
         assert!("1.31 garbage".parse::<Channel>().is_err());
-    }
-
-    #[test]
-    fn base_url_validation() {
-        assert_eq!("https://x.org/a".parse::<BaseUrl>().unwrap().as_str(), "https://x.org/a/");
-        assert_eq!(
-            "http://127.0.0.1:8080/".parse::<BaseUrl>().unwrap().join("SHA256SUMS"),
-            "http://127.0.0.1:8080/SHA256SUMS"
-        );
-        for bad in ["ftp://x/", "https:///a", "https://x/a b", "https://x/?q", "/srv/release"] {
-            assert!(bad.parse::<BaseUrl>().is_err(), "{bad}");
-        }
     }
 }

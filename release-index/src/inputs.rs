@@ -6,7 +6,7 @@
 
 use signing::Sha256Digest;
 
-use crate::{Arch, ExtensionName, Version};
+use sysext_model::{Arch, ExtensionName, Version};
 
 /// What an upstream URL was used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]

@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 
 use crate::index::Index;
 use crate::sha256sums::Sha256Sums;
-use crate::{transfer, ExtensionName, ImageName};
+use crate::transfer;
+use sysext_model::{ExtensionName, ImageName};
 
 /// The signed index.
 pub const INDEX: &str = "index.json";
@@ -80,7 +81,7 @@ pub fn transfer_files(index: &Index) -> BTreeMap<String, String> {
     };
     add("noop".into(), transfer::noop().to_owned());
     for (name, versions) in &index.extensions {
-        let source = index.base_url.join(&format!("{name}/"));
+        let source = index.base_url.dir(name.as_str());
         add(in_extension_dir(name, name.as_str()), transfer::any_version(name, &source));
         for version in versions.keys() {
             if let Some((stem, text)) = transfer::patch_channel(name, version, &source) {

@@ -7,36 +7,26 @@
 //! index. Every file is emitted as `.conf` (systemd < 257, Flatcar Stable/LTS) and
 //! `.transfer` (systemd ≥ 257) with identical content.
 
-use crate::{ExtensionName, Version};
+use sysext_model::{node, BaseUrl, ExtensionName, Version};
 
-/// Where nodes keep versioned images of an extension.
-pub fn target_dir(name: &ExtensionName) -> String {
-    format!("/opt/extensions/{name}")
-}
-
-/// The stable link systemd-sysext merges an extension through.
-pub fn current_symlink(name: &ExtensionName) -> String {
-    format!("/etc/extensions/{name}.raw")
-}
-
-fn render(source_url: &str, pattern: &str, name: &ExtensionName) -> String {
+fn render(source_url: &BaseUrl, pattern: &str, name: &ExtensionName) -> String {
     format!(
         "[Transfer]\nVerify=false\n[Source]\nType=url-file\nPath={source_url}\nMatchPattern={pattern}\n[Target]\nInstancesMax=3\nType=regular-file\nPath={}\nCurrentSymlink={}\n",
-        target_dir(name),
-        current_symlink(name),
+        node::image_dir(name),
+        node::current_link(name),
     )
 }
 
 /// `<ext>.conf`: follows every version of the extension. `base_url` is the directory that
-/// holds the images and `SHA256SUMS` (with a trailing `/`).
-pub fn any_version(name: &ExtensionName, base_url: &str) -> String {
+/// holds the images and `SHA256SUMS`.
+pub fn any_version(name: &ExtensionName, base_url: &BaseUrl) -> String {
     render(base_url, &format!("{name}-@v-%a.raw"), name)
 }
 
 /// `<ext>-<major>.<minor>.conf`: patch releases of one minor only (Kubernetes does not
 /// support skipping minors). Returns the file stem (`kubernetes-v1.31`) and the contents;
 /// `None` if the version has no `MAJOR.MINOR.` prefix.
-pub fn patch_channel(name: &ExtensionName, version: &Version, base_url: &str) -> Option<(String, String)> {
+pub fn patch_channel(name: &ExtensionName, version: &Version, base_url: &BaseUrl) -> Option<(String, String)> {
     let v = version.as_str();
     let prefix_len = v.bytes().take_while(|c| !c.is_ascii_digit()).count();
     let mut parts = v[prefix_len..].splitn(3, '.');
@@ -62,9 +52,12 @@ mod tests {
     #[test]
     fn kubernetes_minor_channel_matches_flatcar_byte_for_byte() {
         let name: ExtensionName = "kubernetes".parse().unwrap();
-        let (stem, text) =
-            patch_channel(&name, &"v1.32.2".parse().unwrap(), "https://extensions.flatcar.org/extensions/kubernetes/")
-                .unwrap();
+        let (stem, text) = patch_channel(
+            &name,
+            &"v1.32.2".parse().unwrap(),
+            &"https://extensions.flatcar.org/extensions/kubernetes/".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(stem, "kubernetes-v1.32");
         assert_eq!(
             text,
@@ -75,12 +68,12 @@ mod tests {
     #[test]
     fn generic_and_noop() {
         let name: ExtensionName = "containerd".parse().unwrap();
-        let text = any_version(&name, "https://x/containerd/");
+        let text = any_version(&name, &"https://x/containerd/".parse().unwrap());
         assert!(text.contains("\nMatchPattern=containerd-@v-%a.raw\n"), "{text}");
         assert!(text.contains("\nCurrentSymlink=/etc/extensions/containerd.raw\n"));
-        let (stem, _) = patch_channel(&name, &"2.0.4".parse().unwrap(), "https://x/").unwrap();
+        let (stem, _) = patch_channel(&name, &"2.0.4".parse().unwrap(), &"https://x/".parse().unwrap()).unwrap();
         assert_eq!(stem, "containerd-2.0");
-        assert!(patch_channel(&name, &"2024".parse().unwrap(), "https://x/").is_none());
+        assert!(patch_channel(&name, &"2024".parse().unwrap(), &"https://x/".parse().unwrap()).is_none());
         assert!(noop().contains("MatchPattern=invalid@v.raw"));
     }
 }

@@ -4,23 +4,18 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use signing::{Digests, DigestsHasher, KeyId, PublicKey};
 
-use crate::extension_release::ExtensionRelease;
 use crate::index::{Index, MAX_INDEX_BYTES};
 use crate::layout::{self, Entry};
 use crate::sha256sums::Sha256Sums;
-use crate::source::ReleaseSource;
+use crate::source::Backend;
 use crate::timestamp::Timestamp;
-use crate::{ExtensionName, ImageName};
+use sysext_model::ImageName;
 
 /// Largest metadata file (SHA256SUMS, transfer file, signature) read whole.
 const MAX_SMALL_FILE: u64 = 4 << 20;
-
-/// Reads the `extension-release.NAME` inside an image file.
-pub type Inspector<'a> = &'a dyn Fn(&Path, &ExtensionName) -> Result<ExtensionRelease, String>;
 
 /// What to check against.
 pub struct VerifyOptions<'a> {
@@ -30,13 +25,18 @@ pub struct VerifyOptions<'a> {
     pub now: Timestamp,
     /// Refuse an index with a lower serial (e.g. the last one a client accepted).
     pub min_serial: Option<u64>,
-    /// Reads extension-release files inside images (directories only) to compare with the index.
-    pub inspect: Option<Inspector<'a>>,
+    /// Read the extension-release inside each image (when the release is on this machine)
+    /// and compare it with the index.
+    pub inspect_images: bool,
 }
 
 impl std::fmt::Debug for VerifyOptions<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifyOptions").field("now", &self.now).field("min_serial", &self.min_serial).finish()
+        f.debug_struct("VerifyOptions")
+            .field("now", &self.now)
+            .field("min_serial", &self.min_serial)
+            .field("inspect_images", &self.inspect_images)
+            .finish()
     }
 }
 
@@ -77,7 +77,7 @@ impl Report {
 }
 
 struct Checker<'a> {
-    source: &'a ReleaseSource,
+    source: &'a dyn Backend,
     opts: &'a VerifyOptions<'a>,
     problems: Vec<Problem>,
     checked: usize,
@@ -199,8 +199,8 @@ impl Checker<'_> {
             return;
         }
         self.check_sig(path, &data);
-        if let (Some(inspect), Some(local)) = (self.opts.inspect, self.source.local_path(path)) {
-            match inspect(&local, &name.name) {
+        if let (true, Some(local)) = (self.opts.inspect_images, self.source.local_path(path)) {
+            match crate::image::identity(&local, name).map(|i| i.extension_release) {
                 Ok(rel) if rel != art.extension_release => self.problem(
                     path,
                     format!(
@@ -211,7 +211,7 @@ impl Checker<'_> {
                     ),
                 ),
                 Ok(_) => {}
-                Err(e) => self.problem(path, e),
+                Err(e) => self.problem(path, e.to_string()),
             }
         }
     }
@@ -220,10 +220,10 @@ impl Checker<'_> {
 /// Verifies a release: the index signature, expiry, serial and key; every listed file's
 /// presence, size, digests and signature; SHA256SUMS and transfer files against the index;
 /// and, for directories, files the index does not list.
-pub fn verify_release(source: &ReleaseSource, opts: &VerifyOptions<'_>) -> Report {
+pub fn verify_release(source: &dyn Backend, opts: &VerifyOptions<'_>) -> Report {
     let mut c = Checker { source, opts, problems: Vec::new(), checked: 0 };
     let report = |c: Checker<'_>, index: Option<&Index>, unlisted_checked| Report {
-        source: source.to_string(),
+        source: source.name(),
         serial: index.map(|i| i.serial),
         expires: index.map(|i| i.expires),
         key_id: opts.pubkey.key_id(),
@@ -287,15 +287,15 @@ pub fn verify_release(source: &ReleaseSource, opts: &VerifyOptions<'_>) -> Repor
         }
     }
     let mut unlisted_checked = false;
-    if let ReleaseSource::Dir(dir) = source {
-        match crate::source::walk(dir) {
+    if let Some(listing) = source.list() {
+        match listing {
             Ok(paths) => {
                 unlisted_checked = true;
                 for p in paths.iter().filter(|p| !expected.contains_key(*p)) {
                     c.problem(p, "not listed in the index");
                 }
             }
-            Err(e) => c.problem(".", format!("listing the directory: {e}")),
+            Err(e) => c.problem(".", format!("listing the release: {}", e.cause)),
         }
     }
     report(c, Some(&index), unlisted_checked)

@@ -9,7 +9,7 @@ use release_index::source::ReleaseSource;
 use signing::PrivateKey;
 
 fn client(s: &Scratch, state: &std::path::Path) -> Client {
-    Client::new(s.source(), s.key.public(), Some(state.to_owned()))
+    Client::new(s.source().backend().unwrap(), s.key.public(), Some(state.to_owned()))
 }
 
 #[test]
@@ -28,7 +28,7 @@ fn accepts_fresh_indexes_and_refuses_rollback_expiry_forks_and_strangers() {
     let gens = s.dir.path().join("release.generations");
     let replay = s.dir.path().join("replay");
     std::os::unix::fs::symlink(gens.join("0000000001"), &replay).unwrap();
-    let replayed = Client::new(ReleaseSource::Dir(replay), s.key.public(), Some(state.clone()));
+    let replayed = Client::new(ReleaseSource::Dir(replay).backend().unwrap(), s.key.public(), Some(state.clone()));
     let err = replayed.fetch_index_at(NOW).unwrap_err();
     assert!(matches!(err, ClientError::Rollback { serial: 1, accepted: 2, .. }), "{err}");
     assert!(err.to_string().contains("refusing a rollback"));
@@ -41,12 +41,12 @@ fn accepts_fresh_indexes_and_refuses_rollback_expiry_forks_and_strangers() {
     let fork = Scratch { dir: tempfile::tempdir().unwrap(), key: PrivateKey::read_pem(&write_key(&s)).unwrap() };
     fork.publish(&[fork.image("kubernetes-v1.31.9-x86-64.raw", "")]);
     fork.publish(&[]);
-    let forked = Client::new(fork.source(), s.key.public(), Some(state.clone()));
+    let forked = Client::new(fork.source().backend().unwrap(), s.key.public(), Some(state.clone()));
     let err = forked.fetch_index_at(NOW).unwrap_err();
     assert!(matches!(err, ClientError::Fork { serial: 2, .. }), "{err}");
 
     // A stranger's key.
-    let other = Client::new(s.source(), PrivateKey::generate().unwrap().public(), None);
+    let other = Client::new(s.source().backend().unwrap(), PrivateKey::generate().unwrap().public(), None);
     assert!(matches!(other.fetch_index_at(NOW).unwrap_err(), ClientError::BadSignature { .. }));
 
     // An unreadable state file is an error, not a reset to "accept anything".
@@ -72,7 +72,7 @@ fn write_key(s: &Scratch) -> std::path::PathBuf {
 fn artifacts_appear_only_when_verified() {
     let s = Scratch::new();
     s.publish(&[s.image("cni-v1.6.2-x86-64.raw", "")]);
-    let c = Client::new(s.source(), s.key.public(), None);
+    let c = Client::new(s.source().backend().unwrap(), s.key.public(), None);
     let trusted = c.fetch_index_at(NOW).unwrap();
     let art = trusted.index.artifact(&"cni-v1.6.2-x86-64.raw".parse().unwrap()).unwrap().clone();
     let dest = s.dir.path().join("dest");

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use release_index::extension_release::ExtensionRelease;
 use release_index::index::Index;
 use release_index::sha256sums::Sha256Sums;
+use sysext_model::ExtensionRelease;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);

@@ -176,7 +176,7 @@ fn publishing_again_adds_exactly_the_new_image_and_bumps_the_serial() {
     let after = index(&s);
     assert_eq!(after.serial, before.serial + 1);
     assert_eq!(after.extensions["kubernetes"].len(), 2);
-    let old: release_index::ImageName = "kubernetes-v1.31.3-x86-64.raw".parse().unwrap();
+    let old: sysext_model::ImageName = "kubernetes-v1.31.3-x86-64.raw".parse().unwrap();
     assert_eq!(after.artifact(&old), before.artifact(&old), "the existing artifact is untouched");
     let new_files: BTreeSet<String> = files(&s).difference(&before_files).cloned().collect();
     assert_eq!(
@@ -389,8 +389,13 @@ fn verification_reports_every_tampered_file() {
     // Signed by another key; expired.
     let other = PrivateKey::generate().unwrap();
     let report = release_index::verify::verify_release(
-        &s.source(),
-        &release_index::verify::VerifyOptions { pubkey: &other.public(), now: NOW, min_serial: None, inspect: None },
+        s.source().backend().unwrap().as_ref(),
+        &release_index::verify::VerifyOptions {
+            pubkey: &other.public(),
+            now: NOW,
+            min_serial: None,
+            inspect_images: false,
+        },
     );
     assert!(report.problems.iter().any(|p| p.path == "index.json.sig"), "{:#?}", report.problems);
     assert!(report.problems.iter().any(|p| p.message.contains("names signing key")));
@@ -398,8 +403,13 @@ fn verification_reports_every_tampered_file() {
     assert_eq!(report.problems.len(), 1, "{:#?}", report.problems);
     assert!(report.problems[0].message.contains("expired at 2026-12-22T10:00:00Z"));
     let report = release_index::verify::verify_release(
-        &s.source(),
-        &release_index::verify::VerifyOptions { pubkey: &s.key.public(), now: NOW, min_serial: Some(2), inspect: None },
+        s.source().backend().unwrap().as_ref(),
+        &release_index::verify::VerifyOptions {
+            pubkey: &s.key.public(),
+            now: NOW,
+            min_serial: Some(2),
+            inspect_images: false,
+        },
     );
     assert!(report.problems[0].message.contains("rollback"), "{:#?}", report.problems);
 }

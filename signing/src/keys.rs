@@ -272,20 +272,25 @@ impl PublicKey {
 
     /// Checks `<file>.sig` against `file`.
     pub fn verify_file(&self, file: &Path) -> Result<(), VerifyError> {
+        let data = std::fs::read(file).map_err(|e| VerifyError::Io { path: file.to_owned(), cause: e.to_string() })?;
+        self.verify_detached(file, &data)
+    }
+
+    /// Checks `<file>.sig` against `data`, the bytes already read from `file`: for callers
+    /// that must check exactly the bytes they go on to use.
+    pub fn verify_detached(&self, file: &Path, data: &[u8]) -> Result<(), VerifyError> {
         let sig_path = signature_path(file);
-        let io = |path: &Path, e: std::io::Error| VerifyError::Io { path: path.to_owned(), cause: e.to_string() };
         let sig = match std::fs::read(&sig_path) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(VerifyError::Missing { file: file.to_owned(), sig: sig_path })
             }
-            Err(e) => return Err(io(&sig_path, e)),
+            Err(e) => return Err(VerifyError::Io { path: sig_path, cause: e.to_string() }),
         };
         if sig.len() != 64 {
             return Err(VerifyError::Malformed { sig: sig_path, len: sig.len() });
         }
-        let data = std::fs::read(file).map_err(|e| io(file, e))?;
-        if self.verify(&data, &sig) {
+        if self.verify(data, &sig) {
             Ok(())
         } else {
             Err(VerifyError::Mismatch { file: file.to_owned(), key_id: self.key_id() })

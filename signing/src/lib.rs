@@ -5,26 +5,7 @@
 //! consumer never has to buffer a download before checking it.
 #![warn(missing_docs)]
 
-/// Implements `schemars::JsonSchema` for a type serialised as a validated string: the
-/// pattern is a coarse filter for schema consumers, the type's `FromStr` remains the authority.
-/// Shared with `release-index`, whose string types follow the same convention.
-#[macro_export]
-macro_rules! string_schema {
-    ($t:ty, $name:literal, $description:literal, $pattern:literal) => {
-        impl $crate::__schemars::JsonSchema for $t {
-            fn schema_name() -> std::borrow::Cow<'static, str> {
-                $name.into()
-            }
-
-            fn json_schema(_: &mut $crate::__schemars::SchemaGenerator) -> $crate::__schemars::Schema {
-                $crate::__schemars::json_schema!({ "type": "string", "description": $description, "pattern": $pattern })
-            }
-        }
-    };
-}
-
-#[doc(hidden)]
-pub use schemars as __schemars;
+use sysext_model::string_schema;
 
 mod digest;
 mod digests;

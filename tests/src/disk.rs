@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use release_index::Arch;
+use sysext_model::Arch;
 
 use crate::tiny_executable;
 

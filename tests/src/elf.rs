@@ -10,7 +10,7 @@
 //! `PT_LOAD` maps the whole file read+execute at [`LOAD_ADDRESS`]; the code addresses the
 //! message PC-relatively, so no relocation or absolute address is needed.
 
-use release_index::Arch;
+use sysext_model::Arch;
 
 /// Virtual address the file is mapped at. 4 MiB is the traditional non-PIE base and is aligned
 /// to 64 KiB, so it also works on arm64 kernels built with 64 KiB pages.

@@ -18,9 +18,9 @@ pub mod tarball;
 pub mod upstream;
 
 pub use elf::tiny_executable;
-pub use release_index::Arch;
 pub use sandbox::{MergeOutput, MergeSandbox};
 pub use server::{FixtureServer, Response};
+pub use sysext_model::Arch;
 pub use tarball::{EntryType, TarGz};
 pub use upstream::FakeUpstream;
 

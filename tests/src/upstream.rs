@@ -17,8 +17,8 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use release_index::Arch;
 use signing::Sha256Digest;
+use sysext_model::Arch;
 
 use crate::elf::tiny_executable;
 use crate::server::{FixtureServer, Response};

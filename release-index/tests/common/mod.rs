@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use release_index::extension_release::ExtensionRelease;
 use release_index::inputs::{Input, InputKind};
 use release_index::publish::{publish, NewImage, PublishError, PublishOptions, Published, Step};
 use release_index::source::ReleaseSource;
 use release_index::timestamp::Timestamp;
 use release_index::verify::{verify_release, Report, VerifyOptions};
 use signing::{PrivateKey, Sha256Digest};
+use sysext_model::ExtensionRelease;
 
 /// 2026-11-22T10:00:00Z.
 pub const NOW: Timestamp = Timestamp::from_unix(1_795_341_600);
@@ -85,7 +85,10 @@ impl Scratch {
 
     pub fn verify_at(&self, source: &ReleaseSource, now: Timestamp) -> Report {
         let public = self.key.public();
-        verify_release(source, &VerifyOptions { pubkey: &public, now, min_serial: None, inspect: None })
+        verify_release(
+            source.backend().unwrap().as_ref(),
+            &VerifyOptions { pubkey: &public, now, min_serial: None, inspect_images: false },
+        )
     }
 
     pub fn verify(&self) -> Report {

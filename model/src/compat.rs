@@ -5,9 +5,9 @@
 //! `extension_release_validate` from systemd (spec-digest §1.5) in the same order, so the
 //! first reason systemd would have reported is the one composer reports.
 
-use release_index::extension_release::ExtensionRelease;
-use release_index::Arch;
 use serde::Serialize;
+
+use crate::{Arch, ExtensionRelease};
 
 /// The host side of the comparison: the target image's os-release and CPU architecture.
 #[derive(Clone, Debug, Serialize)]

@@ -4,14 +4,14 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use release_index::extension_release::ExtensionRelease;
-use release_index::Arch;
 use serde::Serialize;
+use sysext_model::Arch;
+use sysext_model::ExtensionRelease;
 
-use crate::e2fs::Ext;
-use crate::gpt::{Gpt, TableCopy};
-use crate::input::{self, InputFormat};
-use crate::target::{self, Distro, Overrides, ProbedPartition, TargetChoice};
+use crate::disk::e2fs::Ext;
+use crate::disk::gpt::{Gpt, TableCopy};
+use crate::disk::input::{self, InputFormat};
+use crate::disk::target::{self, Distro, Overrides, ProbedPartition, TargetChoice};
 
 /// An installed extension, as systemd-sysext would find it.
 #[derive(Debug, Clone, Serialize)]

@@ -248,6 +248,14 @@ impl Ext {
     /// Follows symlinks (absolute ones from the filesystem's root, relative ones from the
     /// link's directory) until a non-link, as the booted system would see `path`.
     pub fn resolve(&self, path: &str) -> Result<Option<String>, E2fsError> {
+        self.resolve_mounted_at(path, "/")
+    }
+
+    /// Like [`Ext::resolve`], for a filesystem the booted system mounts at `mount` (Flatcar's
+    /// USR-A at `/usr`): absolute targets below `mount` are rebased onto this filesystem's
+    /// root; ones outside it lead to another filesystem and resolve to `None`.
+    pub fn resolve_mounted_at(&self, path: &str, mount: &str) -> Result<Option<String>, E2fsError> {
+        let mount = mount.trim_end_matches('/');
         let mut current = path.to_owned();
         for _ in 0..16 {
             let Some(st) = self.stat(&current)? else { return Ok(None) };
@@ -261,10 +269,15 @@ impl Ext {
                     None => return Ok(None),
                 },
             };
-            let joined = if target.starts_with('/') {
+            let joined = if !target.starts_with('/') {
+                format!("{}/{target}", split(&current).0.trim_end_matches('/'))
+            } else if mount.is_empty() {
                 target
             } else {
-                format!("{}/{target}", split(&current).0.trim_end_matches('/'))
+                match target.strip_prefix(mount) {
+                    Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/{rest}"),
+                    _ => return Ok(None),
+                }
             };
             current = normalize(&joined);
         }

@@ -9,13 +9,13 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use release_index::extension_release::ExtensionRelease;
-use release_index::Arch;
 use serde::Serialize;
+use sysext_model::Arch;
+use sysext_model::ExtensionRelease;
 
-use crate::e2fs::{E2fsError, Ext, Kind};
-use crate::fsprobe::{self, FsKind, Probe};
-use crate::gpt::{types, Gpt, Partition};
+use crate::disk::e2fs::{E2fsError, Ext, Kind};
+use crate::disk::fsprobe::{self, FsKind, Probe};
+use crate::disk::gpt::{types, Gpt, Partition};
 
 /// A supported target distribution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -347,29 +347,9 @@ fn read_os_release(
     Err(TargetError::NoOsRelease { image: image.to_owned(), partition: part.describe(), looked: candidates.join(", ") })
 }
 
-/// Resolves symlinks; in a /usr partition, absolute targets under /usr are rebased onto its
-/// root, because that is where they point once the partition is mounted at /usr.
+/// Resolves symlinks as the booted system sees them: a `/usr` partition is mounted at `/usr`.
 fn resolve_within(fs: &Ext, path: &str, usr_partition: bool) -> Result<Option<String>, E2fsError> {
-    if !usr_partition {
-        return fs.resolve(path);
-    }
-    let mut current = path.to_owned();
-    for _ in 0..16 {
-        match fs.read_link(&current)? {
-            None => return Ok(fs.stat(&current)?.map(|_| current)),
-            Some(t) => {
-                let t = if let Some(rest) = t.strip_prefix("/usr/") {
-                    format!("/{rest}")
-                } else if t.starts_with('/') {
-                    t
-                } else {
-                    format!("{}/{t}", current.rsplit_once('/').map_or("", |(d, _)| d))
-                };
-                current = crate::e2fs::normalize(&t);
-            }
-        }
-    }
-    Ok(None)
+    fs.resolve_mounted_at(path, if usr_partition { "/usr" } else { "/" })
 }
 
 fn detect_arch(image: &Path, gpt: &Gpt, usr: Option<(&ProbedPartition, &str)>) -> Result<Sourced<Arch>, TargetError> {
@@ -392,11 +372,8 @@ fn detect_arch(image: &Path, gpt: &Gpt, usr: Option<(&ProbedPartition, &str)>) -
                 continue;
             }
             let Some(bytes) = fs.cat(&real)? else { continue };
-            if bytes.len() >= 20 && bytes.starts_with(b"\x7fELF") && bytes[5] == 1 {
-                let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
-                if let Some(value) = Arch::ALL.into_iter().find(|a| a.elf_machine() == machine) {
-                    return Ok(Sourced { value, from: format!("ELF machine of {}:{real}", part.describe()) });
-                }
+            if let Some(value) = sysext_model::elf::arch(&bytes) {
+                return Ok(Sourced { value, from: format!("ELF machine of {}:{real}", part.describe()) });
             }
         }
     }

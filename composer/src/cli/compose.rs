@@ -1,58 +1,39 @@
-//! Command-line interface: argument parsing and dispatch. Every command validates its
-//! arguments into a request type before any I/O happens.
+//! `compose` and `check`, which share how the image and the extensions are named.
 
-use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
-use release_index::Arch;
-use serde::Serialize;
+use clap::Args;
+use cli_support::NetArgs;
+use release_index::http::HttpClient;
+use release_index::source::ReleaseSource;
 use signing::PublicKey;
+use sysext_model::{Arch, BaseUrl};
 
 use crate::compose::{check, compose, CheckReport, CheckRequest, ComposeReport, ComposeRequest};
-use crate::input::OutputFormat;
-use crate::inspect::inspect;
+use crate::disk::input::OutputFormat;
+use crate::disk::target::{Overrides, TargetChoice};
 use crate::source::{ExtensionSource, ReleaseIndex};
-use crate::target::{Overrides, TargetChoice};
-use release_index::index::BaseUrl;
-use release_index::source::ReleaseSource;
-
-/// Put systemd system extensions into stock Flatcar and Ubuntu disk images, without root.
-///
-/// composer writes extension images into the root filesystem of a copy of a disk image
-/// with e2fsprogs (no mounting, no loop devices), after checking that systemd-sysext on that
-/// image would actually merge them.
-#[derive(Debug, Parser)]
-#[command(name = "composer", version, max_term_width = 100)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    Compose(Box<ComposeArgs>),
-    Check(CheckArgs),
-    Inspect(InspectArgs),
-}
 
 /// Which image, which extensions, and what the image cannot tell about itself.
 #[derive(Debug, Args)]
-struct TargetArgs {
+pub(super) struct TargetArgs {
     /// Input disk image: raw, qcow2, or raw compressed with xz, zstd or bzip2. Never modified.
     #[arg(long, value_name = "IN")]
     image: PathBuf,
     /// An extension image file (<name>-<version>-<arch>.raw) or NAME@CHANNEL from the
     /// release index. Repeat for each extension.
     #[arg(long = "extension", short = 'e', value_name = "FILE|NAME@CHANNEL", required = true)]
-    extensions: Vec<ExtensionSource>,
+    pub(super) extensions: Vec<ExtensionSource>,
     /// Signed release index for NAME@CHANNEL extensions: the http(s) URL or directory a
     /// release was published to (`bakery publish`). Needs --pubkey.
     #[arg(long, value_name = "URL|DIR")]
     index: Option<ReleaseSource>,
+    /// Refuse a release index whose serial is lower than this (the newest one you have
+    /// seen), so a replayed older release cannot be passed off as current.
+    #[arg(long, value_name = "N", requires = "index")]
+    min_serial: Option<u64>,
     /// Public key (SPKI PEM): every image file must have a valid <file>.sig, and the release
     /// index must be signed by it.
     #[arg(long, value_name = "PUB")]
@@ -60,17 +41,19 @@ struct TargetArgs {
     /// Which layout to expect: auto detects Flatcar (PARTLABEL ROOT) or Ubuntu (filesystem
     /// label cloudimg-rootfs).
     #[arg(long, value_name = "DISTRO", value_enum, default_value = "auto")]
-    target: TargetChoice,
+    pub(super) target: TargetChoice,
     #[command(flatten)]
     facts: FactArgs,
+    #[command(flatten)]
+    net: NetArgs,
     /// Print the result as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// What an image cannot always tell about itself.
 #[derive(Debug, Args)]
-struct FactArgs {
+pub(super) struct FactArgs {
     /// The image's os-release, when it cannot be read from the image (Flatcar's USR-A is
     /// btrfs since 3794).
     #[arg(long, value_name = "FILE")]
@@ -81,7 +64,7 @@ struct FactArgs {
 }
 
 impl FactArgs {
-    fn overrides(&self) -> Overrides {
+    pub(super) fn overrides(&self) -> Overrides {
         Overrides { os_release: self.os_release.clone(), arch: self.arch }
     }
 }
@@ -93,15 +76,15 @@ impl FactArgs {
 /// systemd-sysupdate transfer files, checks the filesystem with e2fsck and only then renames
 /// the result to OUT. Refuses extensions systemd would skip at boot.
 #[derive(Debug, Args)]
-struct ComposeArgs {
+pub(super) struct ComposeArgs {
     #[command(flatten)]
-    target: TargetArgs,
+    pub(super) target: TargetArgs,
     /// Output image (must not exist); written through a temporary file beside it.
     #[arg(long, value_name = "OUT")]
     out: PathBuf,
     /// Output format.
     #[arg(long, value_name = "FORMAT", value_enum, default_value = "raw")]
-    output_format: OutputFormat,
+    pub(super) output_format: OutputFormat,
     /// Also install systemd-sysupdate transfer files (/etc/sysupdate.<name>.d/) and noop.conf,
     /// so nodes follow patch releases of the installed minor.
     #[arg(long)]
@@ -114,22 +97,9 @@ struct ComposeArgs {
 
 /// Check that systemd-sysext on the image would merge the extensions; writes nothing.
 #[derive(Debug, Args)]
-struct CheckArgs {
+pub(super) struct CheckArgs {
     #[command(flatten)]
     target: TargetArgs,
-}
-
-/// Show partitions, the detected distribution, os-release and installed extensions.
-#[derive(Debug, Args)]
-struct InspectArgs {
-    /// Disk image: raw, qcow2, or compressed raw.
-    #[arg(long, value_name = "IN")]
-    image: PathBuf,
-    #[command(flatten)]
-    facts: FactArgs,
-    /// Print the result as JSON on stdout.
-    #[arg(long)]
-    json: bool,
 }
 
 impl TargetArgs {
@@ -139,10 +109,13 @@ impl TargetArgs {
             None => None,
         };
         let index = match (&self.index, &pubkey) {
-            (Some(source), Some(key)) => Some(
-                ReleaseIndex::open(source.clone(), key.clone())
-                    .with_context(|| format!("opening the release index at {source}"))?,
-            ),
+            (Some(source), Some(key)) => {
+                let backend = source.backend_with(&HttpClient::new(self.net.http_options())?);
+                Some(
+                    ReleaseIndex::open(backend, key.clone(), self.min_serial)
+                        .with_context(|| format!("opening the release index at {source}"))?,
+                )
+            }
             (Some(source), None) => {
                 bail!("--index {source} needs --pubkey: a release index is trusted only once its signature verifies")
             }
@@ -160,13 +133,13 @@ impl TargetArgs {
 }
 
 impl ComposeArgs {
-    fn request(&self) -> Result<ComposeRequest> {
+    pub(super) fn request(&self) -> Result<ComposeRequest> {
         let check = self.target.request()?;
         let sysupdate = if self.sysupdate {
             match (&self.sysupdate_url, &check.index) {
-                (Some(u), _) => Some(u.to_string()),
+                (Some(u), _) => Some(u.clone()),
                 // The URL the signed index says the release is served from.
-                (None, Some(index)) => Some(index.base_url().to_string()),
+                (None, Some(index)) => Some(index.base_url().clone()),
                 _ => bail!("--sysupdate needs the URL nodes update from: pass --sysupdate-url URL (or --index)"),
             }
         } else {
@@ -174,11 +147,6 @@ impl ComposeArgs {
         };
         Ok(ComposeRequest { check, out: self.out.clone(), output_format: self.output_format, sysupdate })
     }
-}
-
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 fn render_check(r: &CheckReport) -> String {
@@ -219,78 +187,38 @@ fn render_compose(r: &ComposeReport) -> String {
     s
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Compose(args) => {
-            let req = args.request()?;
-            let report = compose(&req).with_context(|| format!("composing {}", req.out.display()))?;
-            if args.target.json {
-                print_json(&report)?;
-            } else {
-                eprint!("{}", render_compose(&report));
-                println!("{}", report.out.display());
-            }
-        }
-        Command::Check(args) => {
-            let req = args.target.request()?;
-            let report = check(&req).with_context(|| format!("checking {}", req.image.display()))?;
-            if args.target.json {
-                print_json(&report)?;
-            } else {
-                print!("{}", render_check(&report));
-            }
-        }
-        Command::Inspect(args) => {
-            let overrides = args.facts.overrides();
-            let report =
-                inspect(&args.image, &overrides).with_context(|| format!("inspecting {}", args.image.display()))?;
-            if args.json {
-                print_json(&report)?;
-            } else {
-                print!("{}", report.render());
-            }
-        }
+pub(super) fn run_compose(args: ComposeArgs) -> Result<()> {
+    let req = args.request()?;
+    let report = compose(&req).with_context(|| format!("composing {}", req.out.display()))?;
+    if args.target.json {
+        cli_support::print_json(&report)?;
+    } else {
+        eprint!("{}", render_compose(&report));
+        println!("{}", report.out.display());
     }
     Ok(())
 }
 
-/// Parses `args` (including the program name), runs the command, prints any error with its
-/// full context chain, and returns the process exit code.
-pub fn main_from_iter<I, T>(args: I) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
-        }
-    };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+pub(super) fn run_check(args: CheckArgs) -> Result<()> {
+    let req = args.target.request()?;
+    let report = check(&req).with_context(|| format!("checking {}", req.image.display()))?;
+    if args.target.json {
+        cli_support::print_json(&report)?;
+    } else {
+        print!("{}", render_check(&report));
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::parse;
+    use super::super::Command;
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn parses_every_command() {
-        let cli = Cli::try_parse_from([
-            "composer",
+    fn parses_compose_and_check() {
+        let cmd = parse(&[
             "compose",
             "--image",
             "in.img",
@@ -312,29 +240,28 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let Command::Compose(a) = cli.command else { panic!("compose") };
+        let Command::Compose(a) = cmd else { panic!("compose") };
         assert_eq!(a.output_format, OutputFormat::Qcow2);
         assert_eq!(a.target.target, TargetChoice::Flatcar);
         assert!(matches!(a.target.extensions[1], ExtensionSource::Channel(_)));
-        assert_eq!(a.request().unwrap().sysupdate.as_deref(), Some("https://x/"));
-
-        let cli = Cli::try_parse_from(["composer", "check", "--image", "i", "-e", "x-1.0-arm64.raw"]).unwrap();
-        assert!(matches!(cli.command, Command::Check(_)));
-        let cli = Cli::try_parse_from(["composer", "inspect", "--image", "i", "--json"]).unwrap();
-        assert!(matches!(cli.command, Command::Inspect(ref a) if a.json));
+        assert_eq!(a.request().unwrap().sysupdate.map(|u| u.to_string()).as_deref(), Some("https://x/"));
+        assert!(matches!(parse(&["check", "--image", "i", "-e", "x-1.0-arm64.raw"]).unwrap(), Command::Check(_)));
     }
 
     #[test]
     fn bad_values_are_refused_at_parse_time() {
-        assert!(Cli::try_parse_from(["composer", "compose", "--image", "i", "--out", "o"]).is_err(), "-e required");
-        assert!(Cli::try_parse_from(["composer", "check", "--image", "i", "-e", "Kube@1"]).is_err());
-        let err = Cli::try_parse_from(["composer", "check", "--image", "i", "-e", "x", "--arch", "amd64"])
-            .unwrap_err()
-            .to_string();
+        assert!(parse(&["compose", "--image", "i", "--out", "o"]).is_err(), "-e required");
+        assert!(parse(&["check", "--image", "i", "-e", "Kube@1"]).is_err());
+        assert!(
+            parse(&["check", "--image", "i", "-e", "x", "--min-serial", "3"]).is_err(),
+            "--min-serial needs --index"
+        );
+        let err = parse(&["check", "--image", "i", "-e", "x", "--arch", "amd64"]).unwrap_err().to_string();
         assert!(err.contains("did you mean x86-64?"), "{err}");
-        let cli = Cli::try_parse_from(["composer", "compose", "--image", "i", "--out", "o", "-e", "x", "--sysupdate"])
-            .unwrap();
-        let Command::Compose(a) = cli.command else { panic!("compose") };
+        let Command::Compose(a) = parse(&["compose", "--image", "i", "--out", "o", "-e", "x", "--sysupdate"]).unwrap()
+        else {
+            panic!("compose")
+        };
         assert!(a.request().unwrap_err().to_string().contains("--sysupdate-url"));
     }
 }

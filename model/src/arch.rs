@@ -58,6 +58,11 @@ impl Arch {
         }
     }
 
+    /// The architecture whose native executables carry this ELF `e_machine`.
+    pub fn from_elf_machine(machine: u16) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.elf_machine() == machine)
+    }
+
     /// The architecture this program was compiled for, if it is a supported one.
     pub fn host() -> Option<Arch> {
         match std::env::consts::ARCH {

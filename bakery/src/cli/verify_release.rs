@@ -1,0 +1,77 @@
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+use cli_support::NetArgs;
+use release_index::http::HttpClient;
+use release_index::source::ReleaseSource;
+use release_index::timestamp::Timestamp;
+use release_index::verify::{verify_release, VerifyOptions};
+use signing::PublicKey;
+
+/// Check a release directory or URL: signatures, digests, serial and expiry, SHA256SUMS and
+/// transfer files against the index, missing and unlisted files. Reports every problem and
+/// exits non-zero if there is any.
+#[derive(Debug, Args)]
+pub(super) struct VerifyReleaseArgs {
+    /// Release directory, file:// URL or http(s):// URL.
+    pub(super) source: ReleaseSource,
+    /// The release's public key (SPKI PEM).
+    #[arg(long, value_name = "PUB")]
+    pubkey: PathBuf,
+    /// Also refuse an index whose serial is lower than this (the last one you accepted).
+    #[arg(long, value_name = "N")]
+    min_serial: Option<u64>,
+    #[command(flatten)]
+    net: NetArgs,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(args: VerifyReleaseArgs) -> Result<()> {
+    let key = PublicKey::read_pem(&args.pubkey)?;
+    let backend = args.source.backend_with(&HttpClient::new(args.net.http_options())?);
+    let opts = VerifyOptions { pubkey: &key, now: Timestamp::now(), min_serial: args.min_serial, inspect_images: true };
+    let report = verify_release(backend.as_ref(), &opts);
+    if args.json {
+        cli_support::print_json(&report)?;
+    } else {
+        for p in &report.problems {
+            println!("FAIL {}: {}", p.path, p.message);
+        }
+        if !report.unlisted_checked {
+            eprintln!("note: {} is not a directory; files the index does not list cannot be looked for", report.source);
+        }
+    }
+    let serial = report.serial.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+    match report.problems.len() {
+        0 => {
+            if !args.json {
+                println!(
+                    "{}: OK, serial {serial}, {} files checked, key {}, valid until {}",
+                    report.source,
+                    report.files_checked,
+                    report.key_id,
+                    report.expires.map(|e| e.to_string()).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        n => Err(anyhow!("{}: {n} problem{} found (serial {serial})", report.source, if n == 1 { "" } else { "s" })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::parse;
+    use super::super::Command;
+    use super::*;
+
+    #[test]
+    fn parses() {
+        let cmd = parse(&["verify-release", "https://x.example/r", "--pubkey", "p"]).unwrap();
+        assert!(matches!(cmd,
+            Command::VerifyRelease(ref a) if a.source == ReleaseSource::Url("https://x.example/r/".parse().unwrap())));
+    }
+}

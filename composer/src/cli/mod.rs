@@ -1,0 +1,91 @@
+//! Command-line interface: one module per subcommand, each validating its arguments into a
+//! request type before any I/O happens. Exit codes, error printing and JSON output are the
+//! shared plumbing of `cli_support`.
+
+mod compose;
+mod inspect;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand};
+use cli_support::{CompletionsArgs, ManArgs};
+
+/// Put systemd system extensions into stock Flatcar and Ubuntu disk images, without root.
+///
+/// composer writes extension images into the root filesystem of a copy of a disk image
+/// with e2fsprogs (no mounting, no loop devices), after checking that systemd-sysext on that
+/// image would actually merge them.
+#[derive(Debug, Parser)]
+#[command(name = "composer", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Compose(Box<compose::ComposeArgs>),
+    Check(compose::CheckArgs),
+    Inspect(inspect::InspectArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(CompletionsArgs),
+    /// Write man pages for every command into a directory.
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Compose(args) => compose::run_compose(*args),
+        Command::Check(args) => compose::run_check(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Completions(args) => {
+            cli_support::write_completions(Cli::command(), args.shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man(args) => {
+            for path in cli_support::write_man_pages(Cli::command(), &args.out)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Parses `args` (including the program name), runs the command, prints any error with its
+/// full context chain, and returns the process exit code.
+pub fn main_from_iter<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    cli_support::main_from_iter(args, run)
+}
+
+/// The clap definition, for generated documentation and tests.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("composer").chain(args.iter().copied())).map(|c| c.command)
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_generate() {
+        let mut out = Vec::new();
+        cli_support::write_completions(Cli::command(), clap_complete::Shell::Zsh, &mut out);
+        assert!(String::from_utf8(out).unwrap().contains("compose"));
+    }
+}

@@ -1,0 +1,261 @@
+//! The node plan: one value describing what goes onto a node, built once from the resolved
+//! extensions and the target OS, and rendered by every way of getting it there.
+//!
+//! `compose` renders it into a disk image with debugfs; provisioning configs and the node
+//! agent render the same value, so a node composed into a disk, one provisioned by Ignition
+//! and one provisioned by cloud-init end up with the same files, links and units. The paths
+//! come from [`sysext_model::node`], the transfer files from [`release_index::transfer`].
+
+use std::path::PathBuf;
+
+use release_index::transfer;
+use serde::Serialize;
+use signing::{Sha256Digest, Sha512Digest};
+use sysext_model::{node, BaseUrl, ImageName};
+
+/// The distribution a node runs, as far as the plan is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeOs {
+    /// Flatcar Container Linux: systemd-sysext.service is enabled by the OS.
+    Flatcar,
+    /// Ubuntu (and Debian): systemd-sysext.service ships disabled.
+    Ubuntu,
+}
+
+/// Where an image's bytes come from when the plan is rendered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageSource {
+    /// A verified file on this machine (composing a disk).
+    Local(PathBuf),
+    /// A URL the node downloads from (provisioning), checked against the plan's digests.
+    Url(String),
+}
+
+/// One extension image to install.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedImage {
+    /// Its published file name.
+    #[serde(serialize_with = "as_display")]
+    pub image: ImageName,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256.
+    pub sha256: Sha256Digest,
+    /// SHA-512 (Ignition's `verification.hash`).
+    pub sha512: Sha512Digest,
+    /// Where the bytes come from.
+    pub source: ImageSource,
+}
+
+fn as_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// One thing on the node's filesystem, in creation order (directories before their contents).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Entry {
+    /// A directory (root-owned, 0755), created with its missing parents.
+    Dir {
+        /// Absolute path.
+        path: String,
+    },
+    /// An extension image (root-owned, 0644).
+    Image {
+        /// Absolute path: `/opt/extensions/<ext>/<file>`.
+        path: String,
+        /// What goes there.
+        #[serde(flatten)]
+        image: PlannedImage,
+    },
+    /// A small file with known contents (root-owned).
+    File {
+        /// Absolute path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Contents.
+        contents: String,
+    },
+    /// A symbolic link.
+    Link {
+        /// Absolute path of the link.
+        path: String,
+        /// Where it points.
+        target: String,
+    },
+}
+
+impl Entry {
+    /// The entry's absolute path.
+    pub fn path(&self) -> &str {
+        match self {
+            Entry::Dir { path } | Entry::Image { path, .. } | Entry::File { path, .. } | Entry::Link { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
+/// A unit the plan enables: `WantedBy=` link from `wanted_by`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EnabledUnit {
+    /// Unit name, e.g. `systemd-sysext.service`.
+    pub name: String,
+    /// The target that wants it, e.g. `sysinit.target`.
+    pub wanted_by: String,
+}
+
+impl EnabledUnit {
+    /// `/etc/systemd/system/<target>.wants/<unit>`.
+    pub fn link(&self) -> String {
+        node::wants_link(&self.wanted_by, &self.name)
+    }
+}
+
+/// What goes onto a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodePlan {
+    /// The target distribution.
+    pub os: NodeOs,
+    /// Files, directories, images and links, in creation order.
+    pub entries: Vec<Entry>,
+    /// Units to enable.
+    pub enable: Vec<EnabledUnit>,
+}
+
+/// What a plan is built from.
+#[derive(Clone, Debug)]
+pub struct PlanRequest<'a> {
+    /// The target distribution.
+    pub os: NodeOs,
+    /// The images, one per extension.
+    pub images: &'a [PlannedImage],
+    /// Install sysupdate transfer files that follow this release base URL.
+    pub sysupdate: Option<&'a BaseUrl>,
+}
+
+impl NodePlan {
+    /// Builds the plan. Each extension gets `/opt/extensions/<ext>/<file>` and the link
+    /// `/etc/extensions/<ext>.raw`; with sysupdate, `/etc/sysupdate.<ext>.d/` with the
+    /// transfer file for the installed minor (patch releases only: Kubernetes does not
+    /// support skipping minors; versions without MAJOR.MINOR follow every release) in both
+    /// `.conf` and `.transfer` form, and `noop.conf`; on Ubuntu, systemd-sysext.service
+    /// enabled, because it ships disabled and without it nothing merges.
+    pub fn build(req: &PlanRequest<'_>) -> NodePlan {
+        let mut entries = vec![Entry::Dir { path: node::EXTENSIONS_DIR.to_owned() }];
+        for planned in req.images {
+            let name = &planned.image.name;
+            entries.push(Entry::Dir { path: node::image_dir(name) });
+            let path = node::image_path(&planned.image);
+            entries.push(Entry::Image { path: path.clone(), image: planned.clone() });
+            entries.push(Entry::Link { path: node::current_link(name), target: path });
+            if let Some(base) = req.sysupdate {
+                let dir = node::sysupdate_dir(name);
+                entries.push(Entry::Dir { path: dir.clone() });
+                let source = base.dir(name.as_str());
+                let (stem, text) = transfer::patch_channel(name, &planned.image.version, &source)
+                    .unwrap_or_else(|| (name.to_string(), transfer::any_version(name, &source)));
+                for suffix in ["conf", "transfer"] {
+                    entries.push(Entry::File {
+                        path: format!("{dir}/{stem}.{suffix}"),
+                        mode: 0o644,
+                        contents: text.clone(),
+                    });
+                }
+            }
+        }
+        if req.sysupdate.is_some() {
+            entries.push(Entry::Dir { path: node::SYSUPDATE_DEFAULT_DIR.to_owned() });
+            entries.push(Entry::File {
+                path: node::noop_transfer(),
+                mode: 0o644,
+                contents: transfer::noop().to_owned(),
+            });
+        }
+        let mut enable = Vec::new();
+        if req.os == NodeOs::Ubuntu {
+            enable.push(EnabledUnit {
+                name: node::SYSEXT_SERVICE.to_owned(),
+                wanted_by: node::SYSEXT_WANTED_BY.to_owned(),
+            });
+        }
+        NodePlan { os: req.os, entries, enable }
+    }
+
+    /// The images the plan installs.
+    pub fn images(&self) -> impl Iterator<Item = (&str, &PlannedImage)> {
+        self.entries.iter().filter_map(|e| match e {
+            Entry::Image { path, image } => Some((path.as_str(), image)),
+            _ => None,
+        })
+    }
+
+    /// The links the plan creates, with their targets.
+    pub fn links(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().filter_map(|e| match e {
+            Entry::Link { path, target } => Some((path.as_str(), target.as_str())),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(file: &str) -> PlannedImage {
+        PlannedImage {
+            image: file.parse().unwrap(),
+            size: 4,
+            sha256: Sha256Digest::of(b"data"),
+            sha512: Sha512Digest::of(b"data"),
+            source: ImageSource::Url(format!("https://example.org/r/{file}")),
+        }
+    }
+
+    #[test]
+    fn flatcar_plan_with_sysupdate() {
+        let images = [planned("kubernetes-v1.31.3-x86-64.raw"), planned("cni-v1.6.2-x86-64.raw")];
+        let base: BaseUrl = "https://example.org/r".parse().unwrap();
+        let plan = NodePlan::build(&PlanRequest { os: NodeOs::Flatcar, images: &images, sysupdate: Some(&base) });
+        let paths: Vec<&str> = plan.entries.iter().map(Entry::path).collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/extensions",
+                "/opt/extensions/kubernetes",
+                "/opt/extensions/kubernetes/kubernetes-v1.31.3-x86-64.raw",
+                "/etc/extensions/kubernetes.raw",
+                "/etc/sysupdate.kubernetes.d",
+                "/etc/sysupdate.kubernetes.d/kubernetes-v1.31.conf",
+                "/etc/sysupdate.kubernetes.d/kubernetes-v1.31.transfer",
+                "/opt/extensions/cni",
+                "/opt/extensions/cni/cni-v1.6.2-x86-64.raw",
+                "/etc/extensions/cni.raw",
+                "/etc/sysupdate.cni.d",
+                "/etc/sysupdate.cni.d/cni-v1.6.conf",
+                "/etc/sysupdate.cni.d/cni-v1.6.transfer",
+                "/etc/sysupdate.d",
+                "/etc/sysupdate.d/noop.conf",
+            ]
+        );
+        let Entry::File { contents, .. } = &plan.entries[5] else { panic!("transfer file") };
+        assert!(contents.contains("Path=https://example.org/r/kubernetes/\nMatchPattern=kubernetes-v1.31.@v-%a.raw\n"));
+        assert!(plan.enable.is_empty(), "Flatcar enables systemd-sysext itself");
+        assert_eq!(
+            plan.links().collect::<Vec<_>>()[0],
+            ("/etc/extensions/kubernetes.raw", "/opt/extensions/kubernetes/kubernetes-v1.31.3-x86-64.raw")
+        );
+    }
+
+    #[test]
+    fn ubuntu_enables_systemd_sysext() {
+        let images = [planned("containerd-2.0.4-arm64.raw")];
+        let plan = NodePlan::build(&PlanRequest { os: NodeOs::Ubuntu, images: &images, sysupdate: None });
+        assert_eq!(plan.entries.len(), 4, "no transfer files without sysupdate");
+        assert_eq!(plan.enable[0].link(), "/etc/systemd/system/sysinit.target.wants/systemd-sysext.service");
+    }
+}

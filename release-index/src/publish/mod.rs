@@ -1,0 +1,404 @@
+//! Adding images to a release, atomically, whatever the release lives on.
+//!
+//! The flow is the same for every [`Target`]: take the release's lock, read and verify the
+//! current index with the publishing key, validate the new images against it, then stage the
+//! next generation (the current images carried over and checked, the new images and their
+//! signatures, the checksum lists, the transfer files and finally the signed index) and make
+//! it current in one step. Until that step readers see the previous release, complete and
+//! valid; after it, the new one. [`dir`] is the directory backend (a symlink swapped with one
+//! `rename(2)`); an OCI backend plugs in behind the same trait.
+
+pub mod dir;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use signing::{Digests, KeyError, KeyId, PrivateKey, Sha256Digest};
+use sysext_model::{BaseUrl, ExtensionRelease, ImageName};
+
+use crate::index::{Artifact, Index, SCHEMA_VERSION};
+use crate::inputs::Input;
+use crate::layout::{self, Entry};
+use crate::timestamp::Timestamp;
+
+pub use dir::{generations_dir, DirTarget};
+
+/// An image to publish, with what the caller read from inside it.
+#[derive(Clone, Debug)]
+pub struct NewImage {
+    /// The image file; its name must be `NAME-VERSION-ARCH.raw`.
+    pub path: PathBuf,
+    /// The image's `extension-release.NAME`.
+    pub extension_release: ExtensionRelease,
+    /// The image's inputs lock entries.
+    pub inputs: Vec<Input>,
+}
+
+/// The steps of a publish, in order. Failure injection uses them to prove that a failure after
+/// any step leaves a valid release behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// Lock taken, current generation verified, scratch directory created.
+    Prepare,
+    /// The current generation's images hard-linked into the new one.
+    LinkPrevious,
+    /// New images copied (hashed on the way) and signed.
+    CopyImages,
+    /// `SHA256SUMS` files and their signatures written.
+    WriteSums,
+    /// Transfer files written.
+    WriteTransfers,
+    /// `index.json` and its signature written.
+    WriteIndex,
+    /// The new generation synced and renamed into place (not yet current).
+    Commit,
+    /// The release symlink points at the new generation.
+    Swap,
+    /// Old generations removed.
+    Prune,
+}
+
+impl Step {
+    /// Every step, in order.
+    pub const ALL: [Step; 9] = [
+        Step::Prepare,
+        Step::LinkPrevious,
+        Step::CopyImages,
+        Step::WriteSums,
+        Step::WriteTransfers,
+        Step::WriteIndex,
+        Step::Commit,
+        Step::Swap,
+        Step::Prune,
+    ];
+}
+
+/// How to publish.
+#[derive(Debug)]
+pub struct PublishOptions<'a> {
+    /// The release directory (a symlink managed by publish, or absent, or an empty directory).
+    pub release_dir: &'a Path,
+    /// The release signing key.
+    pub key: &'a PrivateKey,
+    /// Where the release will be served; required the first time, remembered after.
+    pub base_url: Option<BaseUrl>,
+    /// How long the new index stays valid.
+    pub valid_for: Duration,
+    /// The time to stamp the index with.
+    pub now: Timestamp,
+    /// Generations to keep, the new one included (at least 2, so the previous state survives).
+    pub keep_generations: usize,
+    /// Testing hook: fail right after this step.
+    pub fail_after: Option<Step>,
+}
+
+/// What a publish did.
+#[derive(Debug)]
+pub struct Published {
+    /// The new index.
+    pub index: Index,
+    /// The new generation directory.
+    pub generation: PathBuf,
+    /// Images added by this publish.
+    pub added: Vec<ImageName>,
+    /// Images that were already published with identical bytes.
+    pub unchanged: Vec<ImageName>,
+}
+
+/// Why a publish failed. Whatever the reason, the release directory still shows its previous
+/// state.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// File system trouble.
+    #[error("{}: {cause}", path.display())]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// Cause.
+        cause: io::Error,
+    },
+    /// An image that cannot be published.
+    #[error("{}: {reason}", path.display())]
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The target is not a release directory this tool manages.
+    #[error("{}: {reason}", path.display())]
+    NotARelease {
+        /// The release directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The current generation does not verify; publishing on top of it would bless it.
+    #[error("{}: the current release does not verify, refusing to extend it: {reason}", path.display())]
+    CurrentInvalid {
+        /// The generation directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The current index was signed by another key.
+    #[error("{}: index.json is signed by key {current}, but the key given is {given}; publish with the release's key", path.display())]
+    KeyMismatch {
+        /// The release directory.
+        path: PathBuf,
+        /// Key id in the current index.
+        current: KeyId,
+        /// Key id of the key given.
+        given: KeyId,
+    },
+    /// No base URL on a first publish.
+    #[error("{}: a first publish needs --base-url (the http(s) URL this directory will be served from; transfer files point into it)", path.display())]
+    NeedBaseUrl {
+        /// The release directory.
+        path: PathBuf,
+    },
+    /// Another publish holds the lock.
+    #[error("{}: another publish has held this release for over two minutes", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] KeyError),
+    /// Testing hook.
+    #[error("injected failure after step {0:?}")]
+    Injected(Step),
+}
+
+/// A release being published to: where the current index comes from and where the next
+/// generation is staged.
+pub trait Target {
+    /// The release, for messages.
+    fn name(&self) -> PathBuf;
+
+    /// Waits for and takes the release's publish lock, held until the guard is dropped.
+    fn lock(&self) -> Result<Box<dyn std::any::Any>, PublishError>;
+
+    /// The current index, verified with the publishing key; `None` for a new release.
+    fn current(&self, key: &PrivateKey) -> Result<Option<Index>, PublishError>;
+
+    /// Starts staging generation `serial` (removing what crashed publishes left behind).
+    fn stage(&self, serial: u64, previous: Option<&Index>) -> Result<Box<dyn Stage + '_>, PublishError>;
+
+    /// Undoes what a failed first publish created, so that nothing at all is left behind.
+    fn abandon_first(&self) {}
+}
+
+/// A generation being staged. Nothing in it is visible to readers until [`Stage::commit`].
+pub trait Stage {
+    /// Carries a published image (and its signature) over from the current generation,
+    /// checking that its size and digest are still what the index says.
+    fn carry(&mut self, artifact: &Artifact) -> Result<(), PublishError>;
+
+    /// Adds a new image with its detached signature.
+    fn add_image(&mut self, name: &ImageName, bytes: &[u8], signature: &[u8]) -> Result<(), PublishError>;
+
+    /// Puts a second name for an image already staged (`<ext>/<image>`, where transfer files
+    /// point).
+    fn alias(&mut self, path: &str, image: &ImageName) -> Result<(), PublishError>;
+
+    /// Writes a small file (a checksum list, a signature, a transfer file, the index).
+    fn write(&mut self, path: &str, bytes: &[u8]) -> Result<(), PublishError>;
+
+    /// Makes the staged generation the current release, then drops old generations; `fail`
+    /// is the failure-injection hook for the steps from [`Step::Commit`] on.
+    fn commit(
+        self: Box<Self>,
+        expected: &BTreeMap<String, Entry>,
+        keep: usize,
+        fail: &dyn Fn(Step) -> Result<(), PublishError>,
+    ) -> Result<PathBuf, PublishError>;
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_ {
+    move |cause| PublishError::Io { path: path.to_owned(), cause }
+}
+
+/// A validated image with its coordinates.
+struct Candidate<'a> {
+    image: &'a NewImage,
+    name: ImageName,
+}
+
+fn validate<'a>(
+    images: &'a [NewImage],
+    previous: Option<&Index>,
+) -> Result<(Vec<Candidate<'a>>, Vec<ImageName>), PublishError> {
+    let mut fresh = Vec::new();
+    let mut unchanged = Vec::new();
+    let mut seen = BTreeSet::new();
+    for image in images {
+        let bad = |reason: String| PublishError::Image { path: image.path.clone(), reason };
+        let file = image.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name: ImageName = file.parse().map_err(|e| bad(format!("{e}")))?;
+        let rel = &image.extension_release;
+        let arch = name.arch.as_str();
+        match rel.get("ARCHITECTURE") {
+            Some(a) if a == arch => {}
+            other => {
+                return Err(bad(format!(
+                    "its extension-release says ARCHITECTURE={}, but the file name says {arch}",
+                    other.unwrap_or("(missing)")
+                )))
+            }
+        }
+        if rel.get("ID").is_none_or(str::is_empty) {
+            return Err(bad("its extension-release has no ID=; systemd-sysext would refuse to merge it".into()));
+        }
+        for (key, want) in [("SYSEXT_ID", name.name.as_str()), ("SYSEXT_VERSION_ID", name.version.as_str())] {
+            if let Some(got) = rel.get(key) {
+                if got != want {
+                    return Err(bad(format!("its extension-release says {key}={got}, but the file name says {want}")));
+                }
+            }
+        }
+        if !seen.insert(name.clone()) {
+            return Err(bad(format!("'{name}' is given twice")));
+        }
+        if let Some(published) = previous.and_then(|p| p.artifact(&name)) {
+            let digests = Digests::of_reader(File::open(&image.path).map_err(io_err(&image.path))?)
+                .map_err(io_err(&image.path))?;
+            if digests.sha256 != published.sha256 {
+                return Err(bad(format!(
+                    "'{name}' is already published with sha256 {} and this file has {}; published images never change: build a new version",
+                    published.sha256, digests.sha256
+                )));
+            }
+            unchanged.push(name);
+            continue;
+        }
+        // Mixing `v1.31.3` and `1.31.4` in one extension would make sysupdate order them by the
+        // prefix (letters sort below digits), so the bare one would always win.
+        let prefixed = name.version.as_str().starts_with('v');
+        let existing = previous
+            .and_then(|p| p.extensions.get(&name.name))
+            .into_iter()
+            .flat_map(|v| v.keys())
+            .chain(fresh.iter().filter(|c: &&Candidate<'_>| c.name.name == name.name).map(|c| &c.name.version));
+        for other in existing {
+            if other.as_str().starts_with('v') != prefixed {
+                return Err(bad(format!(
+                    "version '{}' and already listed '{other}' differ in their 'v' prefix; systemd-sysupdate would order every bare version above every 'v' one",
+                    name.version
+                )));
+            }
+        }
+        fresh.push(Candidate { image, name });
+    }
+    Ok((fresh, unchanged))
+}
+
+/// Publishes `images` into the release directory `opts.release_dir`. See the module docs for
+/// the guarantees.
+pub fn publish(images: &[NewImage], opts: &PublishOptions<'_>) -> Result<Published, PublishError> {
+    publish_to(&DirTarget::new(opts.release_dir)?, images, opts)
+}
+
+/// Publishes `images` to `target`.
+pub fn publish_to(
+    target: &dyn Target,
+    images: &[NewImage],
+    opts: &PublishOptions<'_>,
+) -> Result<Published, PublishError> {
+    let result = publish_locked(target, images, opts);
+    if result.is_err() {
+        target.abandon_first();
+    }
+    result
+}
+
+fn publish_locked(
+    target: &dyn Target,
+    images: &[NewImage],
+    opts: &PublishOptions<'_>,
+) -> Result<Published, PublishError> {
+    let fail = |step: Step| if opts.fail_after == Some(step) { Err(PublishError::Injected(step)) } else { Ok(()) };
+    let _lock = target.lock()?;
+    let previous = target.current(opts.key)?;
+    let serial = previous.as_ref().map_or(1, |p| p.serial + 1);
+    let base_url = match (&opts.base_url, &previous) {
+        (Some(u), _) => u.clone(),
+        (None, Some(p)) => p.base_url.clone(),
+        (None, None) => return Err(PublishError::NeedBaseUrl { path: target.name() }),
+    };
+    let (fresh, unchanged) = validate(images, previous.as_ref())?;
+
+    let mut stage = target.stage(serial, previous.as_ref())?;
+    fail(Step::Prepare)?;
+
+    let mut index = Index {
+        schema_version: SCHEMA_VERSION,
+        serial,
+        generated_at: opts.now,
+        expires: opts.now.after(opts.valid_for),
+        key_id: opts.key.key_id(),
+        base_url,
+        extensions: previous.as_ref().map(|p| p.extensions.clone()).unwrap_or_default(),
+        transfer_files: BTreeMap::new(),
+    };
+    for (_, _, _, art) in previous.iter().flat_map(|p| p.artifacts()) {
+        stage.carry(art)?;
+    }
+    fail(Step::LinkPrevious)?;
+
+    let mut added = Vec::new();
+    for c in &fresh {
+        // Read once: the bytes hashed, signed and staged are the same bytes.
+        let bytes = std::fs::read(&c.image.path).map_err(io_err(&c.image.path))?;
+        let digests = Digests::of(&bytes);
+        stage.add_image(&c.name, &bytes, &opts.key.sign(&bytes))?;
+        let artifact = Artifact {
+            file: c.name.clone(),
+            size: digests.size,
+            sha256: digests.sha256,
+            sha512: digests.sha512,
+            extension_release: c.image.extension_release.clone(),
+            inputs: c.image.inputs.clone(),
+        };
+        index
+            .extensions
+            .entry(c.name.name.clone())
+            .or_default()
+            .entry(c.name.version.clone())
+            .or_default()
+            .insert(c.name.arch, artifact);
+        added.push(c.name.clone());
+    }
+    fail(Step::CopyImages)?;
+
+    let expected = layout::expected(&index);
+    for (path, entry) in &expected {
+        match entry {
+            Entry::Image(name) if path.contains('/') => stage.alias(path, name)?,
+            Entry::Sums(text) => {
+                stage.write(path, text.as_bytes())?;
+                stage.write(&layout::sig(path), &opts.key.sign(text.as_bytes()))?;
+            }
+            _ => {}
+        }
+    }
+    fail(Step::WriteSums)?;
+
+    for (path, text) in layout::transfer_files(&index) {
+        stage.write(&path, text.as_bytes())?;
+        index.transfer_files.insert(path, Sha256Digest::of(text.as_bytes()));
+    }
+    fail(Step::WriteTransfers)?;
+
+    let json = index.to_json();
+    stage.write(layout::INDEX, json.as_bytes())?;
+    stage.write(&layout::sig(layout::INDEX), &opts.key.sign(json.as_bytes()))?;
+    fail(Step::WriteIndex)?;
+
+    let generation = stage.commit(&expected, opts.keep_generations.max(2), &fail)?;
+    Ok(Published { index, generation, added, unchanged })
+}
