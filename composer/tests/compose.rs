@@ -30,9 +30,8 @@ fn assert_installed(image: &Path, offset: u64, exts: &[&Path], scratch: &Path) {
     }
 }
 
-#[test]
 fn composes_into_a_flatcar_layout_disk() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = flatcar_disk(work.path());
     let before = sha256(&disk.path);
     let out = work.path().join("composed.img");
@@ -97,9 +96,8 @@ fn composes_into_a_flatcar_layout_disk() {
     );
 }
 
-#[test]
 fn composes_into_an_ubuntu_layout_disk_and_enables_sysext() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = ubuntu_disk(work.path());
     let before = sha256(&disk.path);
     let out = work.path().join("composed.img");
@@ -125,9 +123,8 @@ fn composes_into_an_ubuntu_layout_disk_and_enables_sysext() {
     assert!(stdout(&o).contains("will merge"), "{}", stdout(&o));
 }
 
-#[test]
 fn ubuntu_images_pinned_to_the_release_compose_into_ubuntu() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = ubuntu_disk(work.path());
     let out = work.path().join("composed.img");
     // A relative extension path works although debugfs runs in a scratch directory.
@@ -149,12 +146,7 @@ fn ubuntu_images_pinned_to_the_release_compose_into_ubuntu() {
     assert_eq!(report["extensions"][0]["accepted"], serde_json::json!({"rule": "version-id", "version_id": "24.04"}));
 }
 
-#[test]
 fn qcow2_in_qcow2_out() {
-    if !have_disk_tools() || !disk::have_tools(&["qemu-img"]) {
-        return;
-    }
-    let Some(_) = host_arch() else { return };
     let exts = extensions();
     let work = tempfile::tempdir().unwrap();
     let disk = flatcar_disk(work.path());
@@ -173,14 +165,10 @@ fn qcow2_in_qcow2_out() {
     assert_installed(&raw, disk.root_offset, &exts.all(), work.path());
 }
 
-#[test]
 fn compressed_inputs_are_streamed() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = flatcar_disk(work.path());
     for (tool, suffix) in [("xz", "xz"), ("zstd", "zst"), ("bzip2", "bz2")] {
-        if !disk::have_tools(&[tool]) {
-            continue;
-        }
         let st = Command::new(tool).args(["-k", "-q", "-f"]).arg(&disk.path).status().unwrap();
         assert!(st.success(), "{tool}");
         let compressed = work.path().join(format!("flatcar.img.{suffix}"));
@@ -204,9 +192,8 @@ fn compressed_inputs_are_streamed() {
     }
 }
 
-#[test]
 fn recomposing_replaces_links_and_keeps_the_filesystem_clean() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = ubuntu_disk(work.path());
     let once = work.path().join("once.img");
     assert_ok(&compose(&disk.path, &once, &[&exts.kubernetes], &[]));
@@ -215,9 +202,8 @@ fn recomposing_replaces_links_and_keeps_the_filesystem_clean() {
     assert_installed(&twice, disk.root_offset, &exts.all(), work.path());
 }
 
-#[test]
 fn reads_the_backup_gpt_when_the_primary_is_damaged() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = flatcar_disk(work.path());
     {
         use std::io::{Seek, SeekFrom, Write};
@@ -234,12 +220,8 @@ fn reads_the_backup_gpt_when_the_primary_is_damaged() {
     assert_ok(&compose(&disk.path, &out, &[&exts.cni], &[]));
 }
 
-#[test]
 fn btrfs_usr_needs_os_release_and_arch() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(arch) = host_arch() else { return };
+    let arch = host_arch();
     let exts = extensions();
     let work = tempfile::tempdir().unwrap();
     let mut spec = DiskSpec::new(FLATCAR_OS_RELEASE, arch);
@@ -274,9 +256,8 @@ fn btrfs_usr_needs_os_release_and_arch() {
     assert!(v.get("os_release").is_none(), "{v}");
 }
 
-#[test]
 fn signatures_are_checked_with_pubkey() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = ubuntu_disk(work.path());
     let before = sha256(&disk.path);
     let keys = work.path().join("keys");
@@ -323,9 +304,8 @@ fn release(dir: &Path, exts: &Extensions) -> (std::path::PathBuf, std::path::Pat
     (release, keys.join("public.pem"))
 }
 
-#[test]
 fn channels_come_from_a_signed_release_index() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let (release, pubkey) = release(work.path(), exts);
     let disk = flatcar_disk(work.path());
     let before = sha256(&disk.path);
@@ -393,9 +373,8 @@ fn channels_come_from_a_signed_release_index() {
 
 // ---- bad input: each refuses with a clear error, writes no OUT, leaves the input unchanged ----
 
-#[test]
 fn refuses_a_file_that_is_not_a_disk() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let input = work.path().join("notes.txt");
     std::fs::write(&input, "hello\n".repeat(1000)).unwrap();
     let before = sha256(&input);
@@ -404,9 +383,8 @@ fn refuses_a_file_that_is_not_a_disk() {
     assert_refused(&o, &out, &input, &before, &["notes.txt: not a disk image", "no GPT header"]);
 }
 
-#[test]
 fn refuses_an_mbr_only_disk() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let input = disk::mbr_only(work.path());
     let before = sha256(&input);
     let out = work.path().join("out.img");
@@ -414,9 +392,8 @@ fn refuses_an_mbr_only_disk() {
     assert_refused(&o, &out, &input, &before, &["mbr.img: has an MBR (DOS) partition table but no GPT"]);
 }
 
-#[test]
 fn refuses_a_disk_without_a_root_partition() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = flatcar_disk(work.path());
     // Rename ROOT so neither layout matches.
     let st = Command::new("sfdisk").args(["--quiet", "--part-label"]).arg(&disk.path).args(["9", "DATA"]).status();
@@ -429,9 +406,8 @@ fn refuses_a_disk_without_a_root_partition() {
     assert_refused(&o, &out, &disk.path, &before, &["partition with PARTLABEL ROOT not found", "partition 9"]);
 }
 
-#[test]
 fn refuses_a_root_that_is_not_ext4() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = flatcar_disk(work.path());
     let st = Command::new("mkfs.ext2")
         .args(["-q", "-F", "-L", "ROOT", "-E"])
@@ -446,12 +422,8 @@ fn refuses_a_root_that_is_not_ext4() {
     assert_refused(&o, &out, &disk.path, &before, &["partition 9 'ROOT' holds ext2; expected ext4"]);
 }
 
-#[test]
 fn refuses_when_the_filesystem_is_full() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(arch) = host_arch() else { return };
+    let arch = host_arch();
     let exts = extensions();
     let work = tempfile::tempdir().unwrap();
     let mut spec = DiskSpec::new(UBUNTU_OS_RELEASE, arch);
@@ -484,12 +456,8 @@ fn refuses_when_the_filesystem_is_full() {
     );
 }
 
-#[test]
 fn refuses_an_extension_for_another_architecture() {
-    if !have_disk_tools() {
-        return;
-    }
-    let Some(arch) = host_arch() else { return };
+    let arch = host_arch();
     let exts = extensions();
     let work = tempfile::tempdir().unwrap();
     let disk = flatcar_disk(work.path());
@@ -512,9 +480,8 @@ fn refuses_an_extension_for_another_architecture() {
     assert!(stderr(&o).contains(&msg), "{}", stderr(&o));
 }
 
-#[test]
 fn refuses_an_extension_for_another_os() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = flatcar_disk(work.path());
     let before = sha256(&disk.path);
     let out = work.path().join("out.img");
@@ -531,9 +498,8 @@ fn refuses_an_extension_for_another_os() {
     );
 }
 
-#[test]
 fn refuses_to_overwrite_out_or_the_input() {
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = flatcar_disk(work.path());
     let before = sha256(&disk.path);
     let o = compose(&disk.path, &disk.path, &[&exts.kubernetes], &[]);
@@ -579,12 +545,8 @@ fn squashfs_extension(
 
 /// A 40 MiB image in a filesystem of 1 KiB blocks and 8 MiB block groups cannot be one
 /// extent: the allocate-then-fill path must follow a multi-extent map (with an index block).
-#[test]
 fn composes_a_large_image_spanning_many_extents() {
-    if !have_disk_tools() || !disk::have_tools(&["mksquashfs"]) {
-        return;
-    }
-    let Some(arch) = host_arch() else { return };
+    let arch = host_arch();
     let work = tempfile::tempdir().unwrap();
     let image = squashfs_extension(work.path(), "big", "1.0", arch, 40 << 20);
     let disk = flatcar_disk(work.path());
@@ -599,12 +561,8 @@ fn composes_a_large_image_spanning_many_extents() {
 
 /// Link targets of 60 bytes or more are stored in a data block, not in the inode: the
 /// read-back and `inspect` must follow those too.
-#[test]
 fn long_extension_names_get_slow_symlinks() {
-    if !have_disk_tools() || !disk::have_tools(&["mksquashfs"]) {
-        return;
-    }
-    let Some(arch) = host_arch() else { return };
+    let arch = host_arch();
     let work = tempfile::tempdir().unwrap();
     let name = "kubernetes-device-plugins-extra";
     let image = squashfs_extension(work.path(), name, "v1.31.3", arch, 4096);
@@ -620,4 +578,29 @@ fn long_extension_names_get_slow_symlinks() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["extensions"][0]["link"], target);
     assert_eq!(v["extensions"][0]["resolves_to"], target);
+}
+
+fn main() -> std::process::ExitCode {
+    sysext_tests::harness::run(vec![
+        sysext_tests::test!(composes_into_a_flatcar_layout_disk).needs(disk_needs()),
+        sysext_tests::test!(composes_into_an_ubuntu_layout_disk_and_enables_sysext).needs(disk_needs()),
+        sysext_tests::test!(ubuntu_images_pinned_to_the_release_compose_into_ubuntu).needs(disk_needs()),
+        sysext_tests::test!(qcow2_in_qcow2_out).needs(disk_needs()).tools(&["qemu-img"]),
+        sysext_tests::test!(compressed_inputs_are_streamed).needs(disk_needs()).tools(&["xz", "zstd", "bzip2"]),
+        sysext_tests::test!(recomposing_replaces_links_and_keeps_the_filesystem_clean).needs(disk_needs()),
+        sysext_tests::test!(reads_the_backup_gpt_when_the_primary_is_damaged).needs(disk_needs()),
+        sysext_tests::test!(btrfs_usr_needs_os_release_and_arch).needs(disk_needs()),
+        sysext_tests::test!(signatures_are_checked_with_pubkey).needs(disk_needs()),
+        sysext_tests::test!(channels_come_from_a_signed_release_index).needs(disk_needs()),
+        sysext_tests::test!(refuses_a_file_that_is_not_a_disk).needs(disk_needs()),
+        sysext_tests::test!(refuses_an_mbr_only_disk).needs(disk_needs()),
+        sysext_tests::test!(refuses_a_disk_without_a_root_partition).needs(disk_needs()),
+        sysext_tests::test!(refuses_a_root_that_is_not_ext4).needs(disk_needs()),
+        sysext_tests::test!(refuses_when_the_filesystem_is_full).needs(disk_needs()),
+        sysext_tests::test!(refuses_an_extension_for_another_architecture).needs(disk_needs()),
+        sysext_tests::test!(refuses_an_extension_for_another_os).needs(disk_needs()),
+        sysext_tests::test!(refuses_to_overwrite_out_or_the_input).needs(disk_needs()),
+        sysext_tests::test!(composes_a_large_image_spanning_many_extents).needs(disk_needs()).tools(&["mksquashfs"]),
+        sysext_tests::test!(long_extension_names_get_slow_symlinks).needs(disk_needs()).tools(&["mksquashfs"]),
+    ])
 }

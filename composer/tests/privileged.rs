@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use sysext_tests::sandbox::{FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
 use sysext_tests::upstream::runs_check;
-use sysext_tests::{require_root, MergeSandbox};
+use sysext_tests::MergeSandbox;
 
 fn checks(arch: sysext_tests::Arch) -> String {
     let mut s = String::new();
@@ -32,22 +32,25 @@ fn merge_composed(disk: &sysext_tests::disk::SyntheticDisk, out: &std::path::Pat
     assert_eq!(res.leftover_loop_devices, Vec::<String>::new(), "loop devices left attached");
 }
 
-#[test]
 fn kubelet_runs_from_a_composed_flatcar_disk() {
-    require_root!();
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = flatcar_disk(work.path());
     let out = work.path().join("composed.img");
     assert_ok(&compose(&disk.path, &out, &exts.all(), &[]));
     merge_composed(&disk, &out, FLATCAR_OS_RELEASE);
 }
 
-#[test]
 fn kubelet_runs_from_a_composed_ubuntu_disk() {
-    require_root!();
-    let Some(Case { exts, work }) = case() else { return };
+    let Case { exts, work } = case();
     let disk = ubuntu_disk(work.path());
     let out = work.path().join("composed.img");
     assert_ok(&compose(&disk.path, &out, &exts.all(), &[]));
     merge_composed(&disk, &out, UBUNTU_OS_RELEASE);
+}
+
+fn main() -> std::process::ExitCode {
+    sysext_tests::harness::run(vec![
+        sysext_tests::test!(kubelet_runs_from_a_composed_flatcar_disk).root().needs(disk_needs()),
+        sysext_tests::test!(kubelet_runs_from_a_composed_ubuntu_disk).root().needs(disk_needs()),
+    ])
 }

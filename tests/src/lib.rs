@@ -12,6 +12,7 @@
 
 pub mod disk;
 pub mod elf;
+pub mod harness;
 pub mod sandbox;
 pub mod server;
 pub mod tarball;

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use sysext_tests::disk::{self, DiskSpec, SyntheticDisk, DISK_TOOLS};
+use sysext_tests::harness::Need;
 use sysext_tests::sandbox::{FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
 use sysext_tests::{Arch, FakeUpstream, FixtureServer};
 
@@ -58,13 +59,9 @@ fn bake(dir: &Path, mirror: &str, ext: &str, version: &str, arch: Arch, os: &str
     out.join(format!("{ext}-{version}-{arch}.raw"))
 }
 
-/// The host architecture, or a loud skip.
-pub fn host_arch() -> Option<Arch> {
-    let arch = Arch::host();
-    if arch.is_none() {
-        sysext_tests::skip("host architecture is not x86-64 or arm64");
-    }
-    arch
+/// The host architecture (tests that call this declare [`Need::SupportedHost`]).
+pub fn host_arch() -> Arch {
+    Arch::host().expect("the harness runs this test only on x86-64 and arm64 hosts")
 }
 
 /// Builds the extensions once per test binary (they are reproducible, so rebuilding into the
@@ -99,18 +96,15 @@ pub struct Case {
     pub work: tempfile::TempDir,
 }
 
-/// Disk tools, a supported host architecture and the extensions, or a loud skip.
-pub fn case() -> Option<Case> {
-    if !have_disk_tools() {
-        return None;
-    }
-    host_arch()?;
-    Some(Case { exts: extensions(), work: tempfile::tempdir().unwrap() })
+/// The extensions and a scratch directory (tests that call this declare [`disk_needs`]).
+pub fn case() -> Case {
+    Case { exts: extensions(), work: tempfile::tempdir().unwrap() }
 }
 
-/// Whether the disk tools and e2fsprogs are installed (loud skip otherwise).
-pub fn have_disk_tools() -> bool {
-    disk::have_tools(&DISK_TOOLS) && disk::have_tools(&["debugfs", "e2fsck"])
+/// What composing synthetic disks needs: the disk tools, e2fsprogs and a host architecture
+/// the extensions are built for.
+pub fn disk_needs() -> Vec<Need> {
+    DISK_TOOLS.iter().chain(&["debugfs", "e2fsck"]).map(|t| Need::Tool(t)).chain([Need::SupportedHost]).collect()
 }
 
 pub fn flatcar_disk(dir: &Path) -> SyntheticDisk {
