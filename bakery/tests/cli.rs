@@ -80,11 +80,7 @@ const EXPECTED_FILES: &[(&str, &[(&str, &str)])] = &[
     ),
 ];
 
-#[test]
 fn builds_every_extension_for_both_architectures() {
-    if !have("unsquashfs") {
-        return;
-    }
     let server = FixtureServer::start();
     let up = upstream(&server);
     let work = Work::new();
@@ -155,11 +151,7 @@ fn builds_every_extension_for_both_architectures() {
             && i["verified-by"] == "https://github.com/opencontainers/runc/releases/download/v1.2.5/runc.sha256sum"));
 }
 
-#[test]
 fn binaries_keep_their_bytes() {
-    if !have("unsquashfs") {
-        return;
-    }
     let server = FixtureServer::start();
     let up = upstream(&server);
     let work = Work::new();
@@ -183,7 +175,6 @@ fn binaries_keep_their_bytes() {
 /// reproducible across versions.
 const PINNED_KUBERNETES_X86_64: &str = "5f6f3daf1decfd1d4f68bc29492b760b5cc2125137b9c0c3ca4ef509a549fd81";
 
-#[test]
 fn builds_are_reproducible_and_pinned() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -194,7 +185,6 @@ fn builds_are_reproducible_and_pinned() {
     assert_eq!(sha256(&first), PINNED_KUBERNETES_X86_64);
 }
 
-#[test]
 fn a_rebuild_downloads_nothing() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -207,7 +197,6 @@ fn a_rebuild_downloads_nothing() {
     assert_eq!(first, second);
 }
 
-#[test]
 fn a_corrupted_cache_entry_is_noticed_and_replaced() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -226,7 +215,6 @@ fn a_corrupted_cache_entry_is_noticed_and_replaced() {
     assert_eq!(server.hits(&kubernetes_path(K8S, Arch::X86_64, "kubelet")), 1);
 }
 
-#[test]
 fn file_mirrors_work_for_air_gapped_sites() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -244,11 +232,7 @@ fn file_mirrors_work_for_air_gapped_sites() {
     assert_eq!(sha256(&via_file), via_http, "the mirror must not change the image");
 }
 
-#[test]
 fn options_reach_the_image() {
-    if !have("unsquashfs") {
-        return;
-    }
     let server = FixtureServer::start();
     let up = upstream(&server);
     for (compression, id) in [("xz", "xz"), ("gzip", "gzip"), ("lz4", "lz4"), ("zstd", "zstd")] {
@@ -288,7 +272,6 @@ fn options_reach_the_image() {
     assert_eq!(inspected["mtime"], 1700000000);
 }
 
-#[test]
 fn transient_failures_are_retried() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -315,7 +298,6 @@ fn assert_fails(work: &Work, o: &std::process::Output, wanted: &[&str]) {
     assert_eq!(work.outputs(), Vec::<String>::new(), "output left behind after: {err}");
 }
 
-#[test]
 fn bad_arguments_are_refused_before_any_download() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -344,7 +326,6 @@ fn bad_arguments_are_refused_before_any_download() {
     );
 }
 
-#[test]
 fn download_failures_name_the_url_and_leave_nothing() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -387,7 +368,6 @@ fn serve_cni_tarball(up: &sysext_tests::FakeUpstream<'_>, tgz: Vec<u8>) {
     up.put(&cni_checksum_path(CNI, Arch::X86_64), format!("{digest}  cni-plugins-linux-amd64-{CNI}.tgz\n"));
 }
 
-#[test]
 fn hostile_archives_are_refused() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -428,7 +408,6 @@ fn hostile_archives_are_refused() {
     }
 }
 
-#[test]
 fn binaries_for_the_wrong_architecture_are_refused() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -446,7 +425,6 @@ fn binaries_for_the_wrong_architecture_are_refused() {
     );
 }
 
-#[test]
 fn lint_violations_in_a_recipe_are_all_reported() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -481,7 +459,6 @@ fn lint_violations_in_a_recipe_are_all_reported() {
     );
 }
 
-#[test]
 fn existing_images_are_not_overwritten_without_force() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -497,7 +474,6 @@ fn existing_images_are_not_overwritten_without_force() {
     assert_eq!(work.outputs(), vec!["cni-v1.6.2-arm64.raw".to_owned()]);
 }
 
-#[test]
 fn list_shows_recipes_and_arches() {
     let o = bakery().arg("list").output().unwrap();
     assert!(o.status.success());
@@ -511,7 +487,6 @@ fn list_shows_recipes_and_arches() {
     assert_eq!(listing[1]["artifacts"], serde_json::json!(["containerd", "runc"]));
 }
 
-#[test]
 fn inspect_reports_release_files_and_refuses_non_images() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -534,7 +509,6 @@ fn inspect_reports_release_files_and_refuses_non_images() {
     assert!(stderr(&o).contains("not a readable squashfs image"), "{}", stderr(&o));
 }
 
-#[test]
 fn keygen_sign_and_verify() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -563,7 +537,7 @@ fn keygen_sign_and_verify() {
     let o = verify(&image, &public);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains(&format!("good signature from key {key_id}")), "{}", stdout(&o));
-    if have("openssl") {
+    {
         let o = Command::new("openssl")
             .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
             .arg(&public)
@@ -599,7 +573,6 @@ fn keygen_sign_and_verify() {
     assert_eq!(work.outputs(), ["cni-v1.6.2-x86-64.raw"]);
 }
 
-#[test]
 fn a_bad_key_fails_before_any_download() {
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -609,4 +582,27 @@ fn a_bad_key_fails_before_any_download() {
     let o = create(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &["--key", bogus.to_str().unwrap()]);
     assert_fails(&work, &o, &["bogus.pem: not an Ed25519 private key (PKCS#8)"]);
     assert_eq!(server.total_hits(), 0);
+}
+
+fn main() -> std::process::ExitCode {
+    sysext_tests::harness::run(vec![
+        sysext_tests::test!(builds_every_extension_for_both_architectures).tools(&["unsquashfs"]),
+        sysext_tests::test!(binaries_keep_their_bytes).tools(&["unsquashfs"]),
+        sysext_tests::test!(builds_are_reproducible_and_pinned),
+        sysext_tests::test!(a_rebuild_downloads_nothing),
+        sysext_tests::test!(a_corrupted_cache_entry_is_noticed_and_replaced),
+        sysext_tests::test!(file_mirrors_work_for_air_gapped_sites),
+        sysext_tests::test!(options_reach_the_image).tools(&["unsquashfs"]),
+        sysext_tests::test!(transient_failures_are_retried),
+        sysext_tests::test!(bad_arguments_are_refused_before_any_download),
+        sysext_tests::test!(download_failures_name_the_url_and_leave_nothing),
+        sysext_tests::test!(hostile_archives_are_refused),
+        sysext_tests::test!(binaries_for_the_wrong_architecture_are_refused),
+        sysext_tests::test!(lint_violations_in_a_recipe_are_all_reported),
+        sysext_tests::test!(existing_images_are_not_overwritten_without_force),
+        sysext_tests::test!(list_shows_recipes_and_arches),
+        sysext_tests::test!(inspect_reports_release_files_and_refuses_non_images),
+        sysext_tests::test!(keygen_sign_and_verify).tools(&["openssl"]),
+        sysext_tests::test!(a_bad_key_fails_before_any_download),
+    ])
 }

@@ -8,6 +8,7 @@ use std::num::NonZeroUsize;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use sysext_tests::harness::Need;
 
 use bakery::image::{write_image, BlockSize, Compression, ImageError, ImageOptions, ImageSummary};
 use bakery::tree::{FileSource, Tree};
@@ -230,16 +231,6 @@ fn core_spec(bs: usize) -> Spec {
 // ---------------------------------------------------------------------------------------------
 // Running the tools.
 
-fn have(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    if !found {
-        sysext_tests::skip(&format!("`{tool}` is not installed; this check did not run"));
-    }
-    found
-}
-
 /// Runs a command that must succeed without printing any warning.
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.env("TZ", "UTC").output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -285,7 +276,6 @@ fn le64(b: &[u8], at: usize) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Tests.
 
-#[test]
 fn superblock_and_layout() {
     let dir = tempfile::tempdir().unwrap();
     let bs = 131072;
@@ -329,18 +319,14 @@ fn superblock_and_layout() {
     // Root inode: the last inode written (post-order), in the last inode block.
     assert!(le64(&b, 32) >> 16 < dir_t - inode);
 
-    if have("unsquashfs") {
+    {
         let out = run(Command::new("unsquashfs").arg("-s").arg(&img));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Compression zstd") && text.contains("Block size 131072"), "{text}");
     }
 }
 
-#[test]
 fn unsquashfs_listing_shows_root_owner_modes_sizes_and_fixed_mtime() {
-    if !have("unsquashfs") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let spec = edge_spec(131072);
     for (mtime, stamp) in [(0u32, "1970-01-01 00:00"), (1_700_000_000, "2023-11-14 22:13")] {
@@ -386,7 +372,6 @@ fn rwx(mode: u32) -> String {
     s.into_iter().collect()
 }
 
-#[test]
 fn unsquashfs_and_rdsquashfs_extract_identical_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let spec = edge_spec(131072);
@@ -395,12 +380,12 @@ fn unsquashfs_and_rdsquashfs_extract_identical_bytes() {
     let img = dir.path().join("edge.raw");
     // Sources read from disk this time, block by block.
     write(&spec.tree(Some(&src)), &options(Compression::Zstd, "128K"), &img);
-    if have("unsquashfs") {
+    {
         let out = dir.path().join("unsquashfs");
         run(Command::new("unsquashfs").arg("-no-progress").arg("-d").arg(&out).arg(&img));
         spec.assert_matches(&out, true);
     }
-    if have("rdsquashfs") {
+    {
         let out = dir.path().join("rdsquashfs");
         fs::create_dir(&out).unwrap();
         run(Command::new("rdsquashfs").args(["-q", "-C", "-u", "/", "-p"]).arg(&out).arg(&img));
@@ -408,11 +393,7 @@ fn unsquashfs_and_rdsquashfs_extract_identical_bytes() {
     }
 }
 
-#[test]
 fn sqfsdiff_finds_no_difference_to_mksquashfs() {
-    if !have("mksquashfs") || !have("sqfsdiff") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let spec = edge_spec(131072);
     let src = dir.path().join("src");
@@ -449,7 +430,6 @@ fn sqfsdiff_finds_no_difference_to_mksquashfs() {
     }
 }
 
-#[test]
 fn backhand_reads_identical_contents() {
     let dir = tempfile::tempdir().unwrap();
     for compression in Compression::ALL {
@@ -484,11 +464,7 @@ fn backhand_reads_identical_contents() {
     }
 }
 
-#[test]
 fn every_compressor_and_block_size_round_trips() {
-    if !have("unsquashfs") {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     for bs in ["4K", "128K", "1M"] {
         let spec = core_spec(bs.parse::<BlockSize>().unwrap().get() as usize);
@@ -505,7 +481,6 @@ fn every_compressor_and_block_size_round_trips() {
     }
 }
 
-#[test]
 fn output_is_deterministic_across_threads_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let spec = edge_spec(65536);
@@ -531,7 +506,6 @@ fn output_is_deterministic_across_threads_and_runs() {
     assert_eq!(sha256(&img), digests[0]);
 }
 
-#[test]
 fn lz4_and_non_default_levels_write_compressor_options() {
     let dir = tempfile::tempdir().unwrap();
     let tree = core_spec(131072).tree(None);
@@ -553,7 +527,7 @@ fn lz4_and_non_default_levels_write_compressor_options() {
             }
             None => assert_eq!(flags & 0x400, 0, "{compression}"),
         }
-        if have("unsquashfs") {
+        {
             let out = dir.path().join("opts-out");
             let _ = fs::remove_dir_all(&out);
             run(Command::new("unsquashfs").arg("-no-progress").arg("-d").arg(&out).arg(&img));
@@ -561,7 +535,6 @@ fn lz4_and_non_default_levels_write_compressor_options() {
     }
 }
 
-#[test]
 fn empty_trees_and_empty_files_only() {
     let dir = tempfile::tempdir().unwrap();
     let mut only_empty = Spec::default();
@@ -574,7 +547,7 @@ fn empty_trees_and_empty_files_only() {
         // Without fragments the fragment table offset is where the directory table ends, as
         // mksquashfs writes it: the id table's first block.
         assert_eq!(le64(&b, 80), le64(&b, le64(&b, 48) as usize), "{name}");
-        if have("unsquashfs") {
+        {
             let out = dir.path().join(format!("{name}-out"));
             run(Command::new("unsquashfs").arg("-no-progress").arg("-d").arg(&out).arg(&img));
             spec.assert_matches(&out, true);
@@ -583,7 +556,6 @@ fn empty_trees_and_empty_files_only() {
     }
 }
 
-#[test]
 fn errors_name_the_offending_input() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("err.raw");
@@ -636,19 +608,9 @@ impl Drop for Mounted {
     }
 }
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
-
-/// Mounts `img` read-only through a loop device and runs `check` on the mount point; prints a
-/// loud SKIPPED line where that is impossible.
+/// Mounts `img` read-only through a loop device and runs `check` on the mount point (tests
+/// that call this declare [`Need::LoopDevices`]).
 fn with_kernel_mount(img: &Path, check: impl FnOnce(&Path)) {
-    if !is_root() || !Path::new("/dev/loop-control").exists() || !have("mount") || !have("losetup") {
-        sysext_tests::skip(&format!("kernel mount of {} needs root and /dev/loop-control", img.display()));
-        return;
-    }
     let mnt = tempfile::tempdir().unwrap();
     let status =
         Command::new("mount").args(["-t", "squashfs", "-o", "loop,ro"]).arg(img).arg(mnt.path()).status().unwrap();
@@ -662,7 +624,6 @@ fn with_kernel_mount(img: &Path, check: impl FnOnce(&Path)) {
     assert!(!loops.contains(img.to_str().unwrap()), "loop device left behind: {loops}");
 }
 
-#[test]
 fn kernel_mounts_every_compressor() {
     let dir = tempfile::tempdir().unwrap();
     let spec = edge_spec(131072);
@@ -688,4 +649,20 @@ fn kernel_mounts_every_compressor() {
             assert_eq!(fs::read(mnt.join("usr/share/huge").join(name)).unwrap(), vec![b'a' + (599 % 26) as u8; 4]);
         });
     }
+}
+
+fn main() -> std::process::ExitCode {
+    sysext_tests::harness::run(vec![
+        sysext_tests::test!(superblock_and_layout).tools(&["unsquashfs"]),
+        sysext_tests::test!(unsquashfs_listing_shows_root_owner_modes_sizes_and_fixed_mtime).tools(&["unsquashfs"]),
+        sysext_tests::test!(unsquashfs_and_rdsquashfs_extract_identical_bytes).tools(&["unsquashfs", "rdsquashfs"]),
+        sysext_tests::test!(sqfsdiff_finds_no_difference_to_mksquashfs).tools(&["mksquashfs", "sqfsdiff"]),
+        sysext_tests::test!(backhand_reads_identical_contents),
+        sysext_tests::test!(every_compressor_and_block_size_round_trips).tools(&["unsquashfs"]),
+        sysext_tests::test!(output_is_deterministic_across_threads_and_runs),
+        sysext_tests::test!(lz4_and_non_default_levels_write_compressor_options).tools(&["unsquashfs"]),
+        sysext_tests::test!(empty_trees_and_empty_files_only).tools(&["unsquashfs"]),
+        sysext_tests::test!(errors_name_the_offending_input),
+        sysext_tests::test!(kernel_mounts_every_compressor).needs([Need::LoopDevices]).tools(&["mount", "losetup"]),
+    ])
 }

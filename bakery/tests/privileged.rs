@@ -6,9 +6,10 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
+use sysext_tests::harness::Need;
 use sysext_tests::sandbox::{FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
 use sysext_tests::upstream::runs_check;
-use sysext_tests::{require_root, Arch, FixtureServer, MergeSandbox};
+use sysext_tests::{Arch, FixtureServer, MergeSandbox, MERGE_TOOLS};
 
 struct Built {
     _work: Work,
@@ -65,18 +66,12 @@ fn merged_checks(arch: Arch) -> String {
     s
 }
 
-fn host_arch() -> Option<Arch> {
-    let arch = Arch::host();
-    if arch.is_none() {
-        sysext_tests::skip("host architecture is not x86-64 or arm64");
-    }
-    arch
+fn host_arch() -> Arch {
+    Arch::host().expect("the harness runs this test only on x86-64 and arm64 hosts")
 }
 
-#[test]
 fn merges_on_a_flatcar_like_node() {
-    require_root!();
-    let Some(arch) = host_arch() else { return };
+    let arch = host_arch();
     let built = build_all(arch, &[]);
     let mut node = MergeSandbox::new(FLATCAR_OS_RELEASE);
     // Both layouts nodes use: a plain file in /var/lib/extensions, and Flatcar's
@@ -88,10 +83,8 @@ fn merges_on_a_flatcar_like_node() {
     assert_eq!(out.leftover_loop_devices, Vec::<String>::new(), "loop devices left attached");
 }
 
-#[test]
 fn merges_on_an_ubuntu_like_node() {
-    require_root!();
-    let Some(arch) = host_arch() else { return };
+    let arch = host_arch();
     let built = build_all(arch, &[]);
     let mut node = MergeSandbox::new(UBUNTU_OS_RELEASE);
     node.etc_link("kubernetes", &built.kubernetes).var_lib("containerd", &built.containerd).var_lib("cni", &built.cni);
@@ -105,10 +98,8 @@ fn merges_on_an_ubuntu_like_node() {
 /// files are absent; the same image on a matching node is the control.
 const ABSENT: &str = "if test -e /usr/bin/kubelet; then echo MERGED; else echo SKIPPED; fi";
 
-#[test]
 fn systemd_refuses_an_image_for_another_architecture() {
-    require_root!();
-    let Some(arch) = host_arch() else { return };
+    let arch = host_arch();
     let other = Arch::ALL.into_iter().find(|a| *a != arch).unwrap();
     let server = FixtureServer::start();
     let up = upstream(&server);
@@ -123,10 +114,8 @@ fn systemd_refuses_an_image_for_another_architecture() {
     assert_eq!(out.stdout.trim(), "MERGED", "control: {}", out.stderr);
 }
 
-#[test]
 fn systemd_refuses_an_ubuntu_image_on_flatcar() {
-    require_root!();
-    let Some(arch) = host_arch() else { return };
+    let arch = host_arch();
     let server = FixtureServer::start();
     let up = upstream(&server);
     let work = Work::new();
@@ -145,4 +134,19 @@ fn systemd_refuses_an_ubuntu_image_on_flatcar() {
     assert_eq!(out.stdout.trim(), "MERGED", "{}", out.stderr);
     let out = MergeSandbox::new(UBUNTU_OS_RELEASE).etc_link("kubernetes", &flatcar).run(ABSENT);
     assert_eq!(out.stdout.trim(), "SKIPPED", "{}", out.stderr);
+}
+
+fn main() -> std::process::ExitCode {
+    sysext_tests::harness::run(vec![
+        sysext_tests::test!(merges_on_a_flatcar_like_node).root().needs([Need::SupportedHost]).tools(&MERGE_TOOLS),
+        sysext_tests::test!(merges_on_an_ubuntu_like_node).root().needs([Need::SupportedHost]).tools(&MERGE_TOOLS),
+        sysext_tests::test!(systemd_refuses_an_image_for_another_architecture)
+            .root()
+            .needs([Need::SupportedHost])
+            .tools(&MERGE_TOOLS),
+        sysext_tests::test!(systemd_refuses_an_ubuntu_image_on_flatcar)
+            .root()
+            .needs([Need::SupportedHost])
+            .tools(&MERGE_TOOLS),
+    ])
 }

@@ -67,11 +67,7 @@ fn serve(server: &FixtureServer, dir: &Path, prefix: &str) -> String {
     server.url_for(&format!("/{prefix}/"))
 }
 
-#[test]
 fn publish_then_verify_from_a_directory_and_over_http() {
-    if !have("unsquashfs") {
-        return;
-    }
     let server = FixtureServer::start();
     let (r, images) = Release::new(&server);
     let o = r.publish(&images, &["--base-url", "https://sysext.example.org/ext", "--json"]);
@@ -140,11 +136,7 @@ fn publish_then_verify_from_a_directory_and_over_http() {
     assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
 }
 
-#[test]
 fn publish_refuses_images_systemd_would_not_merge_under_their_name() {
-    if !have("unsquashfs") {
-        return;
-    }
     let server = FixtureServer::start();
     let (r, images) = Release::new(&server);
     // The cni image renamed as a containerd image: its extension-release is for cni.
@@ -165,4 +157,11 @@ fn publish_refuses_images_systemd_would_not_merge_under_their_name() {
     let o = r.publish(&images[..1], &["--base-url", "https://x/", "--expires", "soon"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("expected e.g. 30d"), "{}", stderr(&o));
+}
+
+fn main() -> std::process::ExitCode {
+    sysext_tests::harness::run(vec![
+        sysext_tests::test!(publish_then_verify_from_a_directory_and_over_http).tools(&["unsquashfs"]),
+        sysext_tests::test!(publish_refuses_images_systemd_would_not_merge_under_their_name).tools(&["unsquashfs"]),
+    ])
 }

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use sysext_tests::sandbox::{FLATCAR_OS_RELEASE, UBUNTU_OS_RELEASE};
 use sysext_tests::upstream::runs_check;
-use sysext_tests::MergeSandbox;
+use sysext_tests::{MergeSandbox, MERGE_TOOLS};
 
 fn checks(arch: sysext_tests::Arch) -> String {
     let mut s = String::new();
@@ -50,7 +50,7 @@ fn kubelet_runs_from_a_composed_ubuntu_disk() {
 
 fn main() -> std::process::ExitCode {
     sysext_tests::harness::run(vec![
-        sysext_tests::test!(kubelet_runs_from_a_composed_flatcar_disk).root().needs(disk_needs()),
-        sysext_tests::test!(kubelet_runs_from_a_composed_ubuntu_disk).root().needs(disk_needs()),
+        sysext_tests::test!(kubelet_runs_from_a_composed_flatcar_disk).root().needs(disk_needs()).tools(&MERGE_TOOLS),
+        sysext_tests::test!(kubelet_runs_from_a_composed_ubuntu_disk).root().needs(disk_needs()).tools(&MERGE_TOOLS),
     ])
 }

@@ -113,7 +113,6 @@ impl fmt::Display for Sha256Sums {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     #[test]
     fn renders_gnu_format_sorted_and_round_trips() {
@@ -147,32 +146,5 @@ mod tests {
         }
         assert!(Sha256Sums::parse(&format!("{d} *a.raw\n")).is_ok(), "binary-mode marker is GNU format too");
         assert!(Sha256Sums::new().insert("a/b", Sha256Digest::of(b"")).is_err());
-    }
-
-    #[test]
-    fn gnu_sha256sum_checks_what_we_write() {
-        if Command::new("sha256sum").arg("--version").output().is_err() {
-            // Same rule as sysext_tests::skip (this crate cannot depend on it): CI must not skip.
-            assert!(std::env::var_os("SYSEXT_TESTS_NO_SKIP").is_none(), "sha256sum is not installed");
-            eprintln!("SKIPPED: sha256sum is not installed");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Sha256Sums::new();
-        for (name, body) in [("a-1-x86-64.raw", &b"one"[..]), ("b-2-arm64.raw", b"two"), ("noop.conf", b"")] {
-            std::fs::write(dir.path().join(name), body).unwrap();
-            s.insert(name, Sha256Digest::of(body)).unwrap();
-        }
-        std::fs::write(dir.path().join("SHA256SUMS"), s.to_string()).unwrap();
-        let out =
-            Command::new("sha256sum").args(["-c", "--strict", "SHA256SUMS"]).current_dir(dir.path()).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        // And we read back exactly what sha256sum writes.
-        let out = Command::new("sha256sum")
-            .args(["a-1-x86-64.raw", "b-2-arm64.raw", "noop.conf"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert_eq!(Sha256Sums::parse(&String::from_utf8(out.stdout).unwrap()).unwrap(), s);
     }
 }

@@ -21,17 +21,6 @@ fn index(s: &Scratch) -> Index {
     Index::parse(&std::fs::read(s.release().join("index.json")).unwrap()).unwrap()
 }
 
-fn tool(name: &str) -> bool {
-    let ok = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        // The same rule as sysext_tests::skip, which this crate cannot depend on.
-        assert!(std::env::var_os("SYSEXT_TESTS_NO_SKIP").is_none(), "{name} is not installed");
-        eprintln!("SKIPPED: {name} is not installed");
-    }
-    ok
-}
-
-#[test]
 fn first_publish_writes_the_flatcar_layout() {
     let s = Scratch::new();
     let imgs = [
@@ -134,14 +123,14 @@ fn first_publish_writes_the_flatcar_layout() {
     assert_eq!(idx.transfer_files.len(), 2 + 2 * 3 + 2 * 2);
     s.assert_verifies();
 
-    if tool("sha256sum") {
+    {
         for dir in [s.release(), s.release().join("kubernetes"), s.release().join("containerd")] {
             let out =
                 Command::new("sha256sum").args(["-c", "--strict", "SHA256SUMS"]).current_dir(&dir).output().unwrap();
             assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stdout));
         }
     }
-    if tool("openssl") {
+    {
         let pem = s.dir.path().join("public.pem");
         std::fs::write(&pem, s.key.public().to_pem()).unwrap();
         for file in ["index.json", "SHA256SUMS", "kubernetes/SHA256SUMS", "kubernetes-v1.31.3-x86-64.raw"] {
@@ -161,7 +150,6 @@ fn first_publish_writes_the_flatcar_layout() {
     }
 }
 
-#[test]
 fn publishing_again_adds_exactly_the_new_image_and_bumps_the_serial() {
     let s = Scratch::new();
     let a = s.image("kubernetes-v1.31.3-x86-64.raw", "");
@@ -215,7 +203,6 @@ fn publishing_again_adds_exactly_the_new_image_and_bumps_the_serial() {
     s.assert_verifies();
 }
 
-#[test]
 fn a_failure_after_any_step_leaves_a_valid_release() {
     for step in Step::ALL {
         let s = Scratch::new();
@@ -253,7 +240,6 @@ fn a_failure_after_any_step_leaves_a_valid_release() {
     }
 }
 
-#[test]
 fn bad_publishes_are_refused_and_change_nothing() {
     let s = Scratch::new();
     s.publish(&[s.image("kubernetes-v1.31.3-x86-64.raw", "")]);
@@ -322,7 +308,6 @@ fn bad_publishes_are_refused_and_change_nothing() {
     assert!(!s.dir.path().join("fresh.generations").exists(), "a refused first publish leaves nothing");
 }
 
-#[test]
 fn verification_reports_every_tampered_file() {
     let s = Scratch::new();
     s.publish(&[s.image("kubernetes-v1.31.3-x86-64.raw", ""), s.image("cni-v1.6.2-x86-64.raw", "")]);
@@ -414,7 +399,6 @@ fn verification_reports_every_tampered_file() {
     assert!(report.problems[0].message.contains("rollback"), "{:#?}", report.problems);
 }
 
-#[test]
 fn concurrent_publishes_serialise() {
     let s = Scratch::new();
     s.publish(&[s.image("kubernetes-v1.31.3-x86-64.raw", "")]);
@@ -429,4 +413,15 @@ fn concurrent_publishes_serialise() {
     assert_eq!(idx.serial, 5, "every publish got its own serial");
     assert_eq!(idx.extensions["kubernetes"].len(), 5, "no publish lost another's image");
     s.assert_verifies();
+}
+
+fn main() -> std::process::ExitCode {
+    sysext_tests::harness::run(vec![
+        sysext_tests::test!(first_publish_writes_the_flatcar_layout).tools(&["sha256sum", "openssl"]),
+        sysext_tests::test!(publishing_again_adds_exactly_the_new_image_and_bumps_the_serial),
+        sysext_tests::test!(a_failure_after_any_step_leaves_a_valid_release),
+        sysext_tests::test!(bad_publishes_are_refused_and_change_nothing),
+        sysext_tests::test!(verification_reports_every_tampered_file),
+        sysext_tests::test!(concurrent_publishes_serialise),
+    ])
 }

@@ -319,7 +319,6 @@ pub fn keygen(dir: &Path) -> Result<KeyId, KeyError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-    use std::process::Command;
 
     #[test]
     fn keygen_writes_v1_pkcs8_and_refuses_to_overwrite() {
@@ -372,67 +371,5 @@ mod tests {
         assert!(err.contains("k.pem: not an Ed25519 private key (PKCS#8)"), "{err}");
         let err = PublicKey::read_pem(&p).unwrap_err().to_string();
         assert!(err.contains("k.pem: not an Ed25519 public key (SPKI)"), "{err}");
-    }
-
-    fn openssl() -> bool {
-        let ok = Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success());
-        if !ok {
-            // Same rule as sysext_tests::skip (this crate cannot depend on it): CI must not skip.
-            assert!(std::env::var_os("SYSEXT_TESTS_NO_SKIP").is_none(), "openssl is not installed");
-            eprintln!("SKIPPED: openssl is not installed");
-        }
-        ok
-    }
-
-    #[test]
-    fn openssl_verifies_our_signatures_and_we_verify_openssls() {
-        if !openssl() {
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        keygen(dir.path()).unwrap();
-        let (private, public) = (dir.path().join("private.pem"), dir.path().join("public.pem"));
-        let file = dir.path().join("SHA256SUMS");
-        std::fs::write(&file, "abc  x\n").unwrap();
-        let sig = PrivateKey::read_pem(&private).unwrap().sign_file(&file).unwrap();
-        let out = Command::new("openssl")
-            .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
-            .arg(&public)
-            .arg("-rawin")
-            .arg("-in")
-            .arg(&file)
-            .arg("-sigfile")
-            .arg(&sig)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl refused: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-
-        // The other direction: OpenSSL signs with our key file, we verify.
-        std::fs::remove_file(&sig).unwrap();
-        let out = Command::new("openssl")
-            .args(["pkeyutl", "-sign", "-inkey"])
-            .arg(&private)
-            .arg("-rawin")
-            .arg("-in")
-            .arg(&file)
-            .arg("-out")
-            .arg(&sig)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl could not use our private key: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PublicKey::read_pem(&public).unwrap().verify_file(&file).unwrap();
-
-        // And OpenSSL derives the same public key from our private key.
-        let out = Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&private).output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), std::fs::read_to_string(&public).unwrap());
     }
 }

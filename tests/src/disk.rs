@@ -333,20 +333,3 @@ pub fn mbr_only(dir: &Path) -> PathBuf {
     mkfs_ext(&disk, MIB, 30 * MIB, "ext4", "cloudimg-rootfs", None, &[]);
     disk
 }
-
-/// Whether every tool in `tools` is installed; prints a loud skip line (or panics under
-/// [`crate::NO_SKIP_ENV`]) when one is not.
-pub fn have_tools(tools: &[&str]) -> bool {
-    for tool in tools {
-        let found = std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .any(|d| d.join(tool).is_file());
-        if !found {
-            crate::skip(&format!("{tool} is not installed"));
-            return false;
-        }
-    }
-    true
-}

@@ -127,9 +127,6 @@ fn aarch64_code(len: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    use std::process::Command;
 
     fn u16_at(b: &[u8], at: usize) -> u16 {
         u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
@@ -141,57 +138,13 @@ mod tests {
         u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
     }
 
-    /// Writes `bytes` to an executable temp file and returns the directory guard and path.
-    fn write_executable(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny");
-        let mut f = std::fs::File::create(&path).unwrap();
-        f.write_all(bytes).unwrap();
-        f.sync_all().unwrap();
-        drop(f);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        (dir, path)
-    }
-
-    /// Runs `path`, retrying on ETXTBSY: another test thread forking while our write fd was open
-    /// leaks that fd into its child until exec, which makes our exec fail transiently.
-    fn run(path: &std::path::Path) -> std::process::Output {
-        for _ in 0..50 {
-            match Command::new(path).output() {
-                Err(e) if e.raw_os_error() == Some(26) => std::thread::sleep(std::time::Duration::from_millis(20)),
-                other => return other.unwrap(),
-            }
-        }
-        panic!("{} stayed busy (ETXTBSY)", path.display());
-    }
-
-    #[test]
-    fn x86_64_runs_and_prints_exactly_the_message() {
-        if std::env::consts::ARCH != "x86_64" {
-            crate::skip("host is not x86-64: x86_64_runs_and_prints_exactly_the_message");
-            return;
-        }
-        for message in ["kubelet v1.31.3 linux/amd64\n", "", "no newline", "ünïcödé ✓\n"] {
-            let (_dir, path) = write_executable(&tiny_executable(Arch::X86_64, message));
-            let out = run(&path);
-            assert!(out.status.success(), "{message:?}: {:?}", out.status);
-            assert_eq!(String::from_utf8(out.stdout).unwrap(), message);
-            assert!(out.stderr.is_empty());
-        }
-    }
-
     #[test]
     fn long_message_uses_high_length_bits() {
         // > 64 KiB exercises the upper half of the length immediate on arm64 (movk) too.
         let message = "x".repeat(70_000);
         let arm = tiny_executable(Arch::Arm64, &message);
         assert!(arm.ends_with(message.as_bytes()));
-        if std::env::consts::ARCH == "x86_64" {
-            let (_dir, path) = write_executable(&tiny_executable(Arch::X86_64, &message));
-            let out = run(&path);
-            assert!(out.status.success());
-            assert_eq!(out.stdout, message.as_bytes());
-        }
+        assert!(tiny_executable(Arch::X86_64, &message).ends_with(message.as_bytes()));
     }
 
     #[test]
@@ -236,27 +189,6 @@ mod tests {
                 0xd400_0001, // svc  #0
             ]
         );
-    }
-
-    #[test]
-    fn readelf_reports_the_machine() {
-        if Command::new("readelf").arg("--version").output().is_err() {
-            crate::skip("readelf is missing: readelf_reports_the_machine");
-            return;
-        }
-        for (arch, expected) in [(Arch::X86_64, "Advanced Micro Devices X86-64"), (Arch::Arm64, "AArch64")] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("tiny");
-            std::fs::write(&path, tiny_executable(arch, "x\n")).unwrap();
-            let out = Command::new("readelf").arg("-h").arg("-l").arg(&path).output().unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-            assert!(out.stderr.is_empty(), "readelf warned: {}", String::from_utf8_lossy(&out.stderr));
-            let machine = text.lines().find(|l| l.trim_start().starts_with("Machine:")).unwrap();
-            assert!(machine.trim_end().ends_with(expected), "{machine}");
-            assert!(text.contains("EXEC (Executable file)"), "{text}");
-            assert!(text.contains("LOAD"), "{text}");
-        }
     }
 
     #[test]

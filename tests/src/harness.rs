@@ -40,6 +40,8 @@ pub enum Need {
     SupportedHost,
     /// An x86-64 host (tests that execute x86-64 binaries).
     X86Host,
+    /// Root and loop devices (`/dev/loop-control`), for kernel mounts of image files.
+    LoopDevices,
 }
 
 impl Need {
@@ -51,6 +53,9 @@ impl Need {
             Need::SupportedHost if sysext_model::Arch::host().is_none() => Some("needs an x86-64 or arm64 host".into()),
             Need::X86Host if sysext_model::Arch::host() != Some(sysext_model::Arch::X86_64) => {
                 Some("needs an x86-64 host".into())
+            }
+            Need::LoopDevices if !crate::is_root() || !std::path::Path::new("/dev/loop-control").exists() => {
+                Some("needs root and /dev/loop-control".into())
             }
             _ => None,
         }

@@ -8,7 +8,8 @@
 //! * [`TarGz`] — reproducible `.tar.gz` archives, including hostile ones.
 //! * [`MergeSandbox`] — the real `systemd-sysext merge` in a private mount namespace.
 //! * [`disk`] — small synthetic Flatcar- and Ubuntu-layout disk images, built without root.
-//! * [`is_root`] and [`require_root!`] — skip privileged tests loudly when not root.
+//! * [`harness`] — runs tests that need root or a tool, reporting them as ignored (or, in CI,
+//!   failed) where they cannot run; [`is_root`].
 
 pub mod disk;
 pub mod elf;
@@ -19,7 +20,7 @@ pub mod tarball;
 pub mod upstream;
 
 pub use elf::tiny_executable;
-pub use sandbox::{MergeOutput, MergeSandbox};
+pub use sandbox::{MergeOutput, MergeSandbox, MERGE_TOOLS};
 pub use server::{FixtureServer, Response};
 pub use sysext_model::Arch;
 pub use tarball::{EntryType, TarGz};
@@ -29,15 +30,6 @@ pub use upstream::FakeUpstream;
 /// CI, which installs every tool and runs as root: there a skip means a check silently did not
 /// run.
 pub const NO_SKIP_ENV: &str = "SYSEXT_TESTS_NO_SKIP";
-
-/// Reports that a check cannot run here: prints `SKIPPED: <what>` to stderr, or panics when
-/// [`NO_SKIP_ENV`] is set.
-pub fn skip(what: &str) {
-    if std::env::var_os(NO_SKIP_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
-        panic!("{what}, and {NO_SKIP_ENV} forbids skipping it");
-    }
-    eprintln!("SKIPPED: {what}");
-}
 
 /// Whether this process runs with effective UID 0.
 ///
@@ -51,46 +43,6 @@ pub fn is_root() -> bool {
 fn effective_uid(status: &str) -> Option<u32> {
     let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Called by [`require_root!`]: whether the test may run, printing the skip line if not.
-#[doc(hidden)]
-pub fn __root_or_skip(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    skip(&format!("{test} needs root"));
-    false
-}
-
-/// Returns from the current test unless running as root, after printing
-/// `SKIPPED: <path::to::test> needs root` to stderr (cargo shows it with `--nocapture`, and
-/// it is grep-able in CI logs). With [`NO_SKIP_ENV`] set, it fails instead of skipping.
-///
-/// For tests returning a value, pass it: `require_root!(Ok(()))`.
-///
-/// ```
-/// // In a `#[test]` function:
-/// fn mounts_a_loop_device() {
-///     sysext_tests::require_root!();
-///     // ... privileged work ...
-/// }
-/// # mounts_a_loop_device();
-/// ```
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        $crate::require_root!(())
-    };
-    ($ret:expr) => {{
-        // The path of this nested fn names the enclosing test: `crate::module::test::__here`.
-        fn __here() {}
-        let name = ::std::any::type_name_of_val(&__here);
-        let name = name.strip_suffix("::__here").unwrap_or(name);
-        if !$crate::__root_or_skip(name) {
-            return $ret;
-        }
-    }};
 }
 
 /// Seeded xorshift noise: incompressible, and the same on every run.
@@ -115,25 +67,5 @@ mod tests {
         let status = "Name:\tx\nUid:\t1000\t0\t1000\t1000\nGid:\t0\t0\t0\t0\n";
         assert_eq!(effective_uid(status), Some(0));
         assert_eq!(effective_uid("Name:\tx\n"), None);
-    }
-
-    #[test]
-    fn is_root_agrees_with_id() {
-        let Ok(out) = std::process::Command::new("id").arg("-u").output() else {
-            return;
-        };
-        let uid = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(is_root(), uid.trim() == "0");
-    }
-
-    #[test]
-    fn require_root_runs_the_body_only_as_root() {
-        fn guarded() -> Result<bool, ()> {
-            require_root!(Ok(false));
-            Ok(true)
-        }
-        if std::env::var_os(NO_SKIP_ENV).is_none() {
-            assert_eq!(guarded(), Ok(is_root()));
-        }
     }
 }

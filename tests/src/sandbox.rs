@@ -25,6 +25,9 @@ enum Install {
     ComposedRoot { disk: PathBuf, offset: u64, size: u64 },
 }
 
+/// What [`MergeSandbox::run`] runs: declare these as a test's tools.
+pub const MERGE_TOOLS: [&str; 5] = ["systemd-sysext", "unshare", "mount", "umount", "losetup"];
+
 /// A Flatcar-like host identity (`ID=flatcar`, `SYSEXT_LEVEL=1.0`).
 pub const FLATCAR_OS_RELEASE: &str = "NAME=\"Flatcar Container Linux by Kinvolk\"\nID=flatcar\nID_LIKE=coreos\nVERSION=4152.2.0\nVERSION_ID=4152.2.0\nBUILD_ID=2025-01-01-0000\nSYSEXT_LEVEL=1.0\nPRETTY_NAME=\"Flatcar Container Linux by Kinvolk 4152.2.0 (Oklo)\"\n";
 

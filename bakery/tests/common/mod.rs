@@ -91,12 +91,3 @@ pub fn created(o: &Output) -> PathBuf {
 pub fn sha256(path: &Path) -> String {
     signing::Sha256Digest::of(&std::fs::read(path).unwrap()).to_string()
 }
-
-/// Whether an external tool is installed; prints a loud skip line when it is not.
-pub fn have(tool: &str) -> bool {
-    let ok = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        sysext_tests::skip(&format!("{tool} is not installed"));
-    }
-    ok
-}
