@@ -62,3 +62,21 @@ pub fn write_man_pages(cmd: Command, dir: &Path) -> Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+/// Every command path of `cmd` (`["bakery"]`, `["bakery", "create"]`, …) with its long help as
+/// a terminal of `width` columns would show it, hidden commands left out: what the help
+/// snapshot tests pin.
+pub fn long_helps(cmd: Command, width: usize) -> Vec<(String, String)> {
+    fn walk(cmd: &Command, prefix: &str, out: &mut Vec<(String, String)>) {
+        let name = if prefix.is_empty() { cmd.get_name().to_owned() } else { format!("{prefix} {}", cmd.get_name()) };
+        out.push((name.clone(), cmd.clone().render_long_help().to_string()));
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+            walk(sub, &name, out);
+        }
+    }
+    let mut cmd = cmd.term_width(width).max_term_width(width);
+    cmd.build();
+    let mut out = Vec::new();
+    walk(&cmd, "", &mut out);
+    out
+}

@@ -117,8 +117,11 @@ pub struct ResolveOptions<'a> {
 pub struct ResolvedExtension {
     /// The argument it came from.
     pub source: ExtensionSource,
-    /// The verified copy on this machine (in a private directory).
+    /// The image as given (local files, made absolute) or as downloaded (channels).
     pub path: PathBuf,
+    /// The verified private copy that is installed: the bytes the checks saw.
+    #[serde(skip)]
+    pub verified_copy: PathBuf,
     /// Name, version and architecture (from the file name, cross-checked with the image).
     #[serde(serialize_with = "as_display")]
     pub image: ImageName,
@@ -257,6 +260,7 @@ pub fn resolve_channel(channel: &ChannelRef, opts: ResolveOptions<'_>) -> Result
     }
     Ok(ResolvedExtension {
         source: ExtensionSource::Channel(channel.clone()),
+        verified_copy: path.clone(),
         path,
         image: artifact.file.clone(),
         extension_release: identity.extension_release,
@@ -299,7 +303,8 @@ fn resolve_file(
     let identity = release_index::image::read_as(&copy, path)?.identity(path, &image)?;
     Ok(ResolvedExtension {
         source: source.clone(),
-        path: copy,
+        path: std::path::absolute(path).map_err(io)?,
+        verified_copy: copy,
         image,
         extension_release: identity.extension_release,
         size: digests.size,

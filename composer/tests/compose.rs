@@ -601,6 +601,102 @@ fn main() -> std::process::ExitCode {
         sysext_tests::test!(refuses_an_extension_for_another_os).needs(disk_needs()),
         sysext_tests::test!(refuses_to_overwrite_out_or_the_input).needs(disk_needs()),
         sysext_tests::test!(composes_a_large_image_spanning_many_extents).needs(disk_needs()).tools(&["mksquashfs"]),
+        sysext_tests::test!(compose_writes_exactly_the_node_plan).needs(disk_needs()),
         sysext_tests::test!(long_extension_names_get_slow_symlinks).needs(disk_needs()).tools(&["mksquashfs"]),
     ])
+}
+
+/// One line per entry of a composed root: kind, mode, owner and what it holds, read with debugfs.
+fn manifest_line(image: &Path, offset: u64, path: &str, scratch: &Path) -> String {
+    let st = debugfs(image, offset, &format!("stat {path}"));
+    let field = |key: &str| st.split(key).nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("?").to_owned();
+    let (mode, uid, gid) = (field("Mode: "), field("User: "), field("Group: "));
+    let kind = field("Type: ");
+    let what = match kind.as_str() {
+        "regular" => {
+            let dumped = scratch.join("manifest-dump");
+            let _ = std::fs::remove_file(&dumped);
+            dump(image, offset, path, &dumped);
+            format!("sha256 {}", sha256(&dumped))
+        }
+        "symlink" => {
+            let fast = st.split("Fast link dest: \"").nth(1).and_then(|r| r.split('"').next());
+            format!("-> {}", fast.expect("composer's links are fast links"))
+        }
+        _ => String::new(),
+    };
+    format!("{kind} {mode} {uid}:{gid} {path} {what}").trim_end().to_owned()
+}
+
+/// compose renders the node plan: built here once from the same inputs, every entry of the
+/// plan is in the composed root exactly as planned (kind, mode, owner, bytes, link target),
+/// the enabled units are linked, and nothing else appears where the plan writes. The
+/// resulting manifest, image digests included, is pinned.
+fn compose_writes_exactly_the_node_plan() {
+    use composer::plan::{Entry, ImageSource, NodeOs, NodePlan, PlanRequest, PlannedImage};
+    let Case { exts, work } = case();
+    let base: sysext_model::BaseUrl = "https://ext.example/r".parse().unwrap();
+    for (os, disk, sysupdate) in
+        [(NodeOs::Flatcar, flatcar_disk(work.path()), true), (NodeOs::Ubuntu, ubuntu_disk(work.path()), false)]
+    {
+        let images: Vec<PlannedImage> = exts
+            .all()
+            .iter()
+            .map(|p| {
+                let d = signing::Digests::of(&std::fs::read(p).unwrap());
+                PlannedImage {
+                    image: p.file_name().unwrap().to_str().unwrap().parse().unwrap(),
+                    size: d.size,
+                    sha256: d.sha256,
+                    sha512: d.sha512,
+                    source: ImageSource::Local(p.to_path_buf()),
+                }
+            })
+            .collect();
+        let plan = NodePlan::build(&PlanRequest { os, images: &images, sysupdate: sysupdate.then_some(&base) });
+        let out = work.path().join(format!("composed-{os:?}.img"));
+        let extra: &[&str] = if sysupdate { &["--sysupdate", "--sysupdate-url", "https://ext.example/r"] } else { &[] };
+        assert_ok(&compose(&disk.path, &out, &exts.all(), extra));
+
+        let at = disk.root_offset;
+        let mut manifest = Vec::new();
+        for entry in &plan.entries {
+            let line = manifest_line(&out, at, entry.path(), work.path());
+            let expected = match entry {
+                Entry::Dir { path } => format!("directory 0755 0:0 {path}"),
+                Entry::Image { path, image } => format!("regular 0644 0:0 {path} sha256 {}", image.sha256),
+                Entry::File { path, mode, contents } => {
+                    format!("regular 0{mode:o} 0:0 {path} sha256 {}", signing::Sha256Digest::of(contents.as_bytes()))
+                }
+                Entry::Link { path, target } => format!("symlink 0777 0:0 {path} -> {target}"),
+            };
+            assert_eq!(line, expected, "{os:?}: {} is not as planned", entry.path());
+            manifest.push(line);
+        }
+        for unit in &plan.enable {
+            let line = manifest_line(&out, at, &unit.link(), work.path());
+            assert!(
+                line.starts_with(&format!("symlink 0777 0:0 {} -> ", unit.link())) && line.ends_with(&unit.name),
+                "{os:?}: {line}"
+            );
+            manifest.push(line);
+        }
+        // Nothing beyond the plan in the directories it writes.
+        let planned: std::collections::BTreeSet<&str> = plan.entries.iter().map(Entry::path).collect();
+        for dir in plan.entries.iter().filter_map(|e| match e {
+            Entry::Dir { path } if path != "/etc" => Some(path.as_str()),
+            _ => None,
+        }) {
+            for line in debugfs(&out, at, &format!("ls -p {dir}")).lines() {
+                let name = line.split('/').nth(5).unwrap_or_default();
+                if name.is_empty() || name == "." || name == ".." {
+                    continue;
+                }
+                let path = format!("{dir}/{name}");
+                assert!(planned.contains(path.as_str()), "{os:?}: {path} was written but is not in the plan");
+            }
+        }
+        // Image digests depend on the architecture the extensions were built for.
+        insta::assert_snapshot!(format!("node-plan-{os:?}-{}", exts.arch).to_lowercase(), manifest.join("\n"));
+    }
 }

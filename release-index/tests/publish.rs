@@ -415,8 +415,28 @@ fn concurrent_publishes_serialise() {
     s.assert_verifies();
 }
 
+/// The release format, pinned: the same images published with the same key at the same time
+/// give the same bytes in every file, signatures included (Ed25519 is deterministic). A
+/// change here is a change of what nodes and stock sysupdate read.
+fn published_bytes_are_pinned() {
+    let s = Scratch::pinned();
+    let imgs = [
+        s.image("kubernetes-v1.31.3-x86-64.raw", ""),
+        s.image("kubernetes-v1.31.3-arm64.raw", ""),
+        s.image("kubernetes-v1.30.10-x86-64.raw", ""),
+        s.image("containerd-2.0.4-x86-64.raw", ""),
+    ];
+    s.publish(&imgs);
+    let listing: Vec<String> = files(&s)
+        .into_iter()
+        .map(|f| format!("{}  {f}", Sha256Digest::of(&std::fs::read(s.release().join(&f)).unwrap())))
+        .collect();
+    insta::assert_snapshot!("published-release", listing.join("\n"));
+}
+
 fn main() -> std::process::ExitCode {
     sysext_tests::harness::run(vec![
+        sysext_tests::test!(published_bytes_are_pinned),
         sysext_tests::test!(first_publish_writes_the_flatcar_layout).tools(&["sha256sum", "openssl"]),
         sysext_tests::test!(publishing_again_adds_exactly_the_new_image_and_bumps_the_serial),
         sysext_tests::test!(a_failure_after_any_step_leaves_a_valid_release),

@@ -191,7 +191,7 @@ pub fn node_plan(target: &Target, exts: &[Verdict], sysupdate: Option<&BaseUrl>)
             size: v.extension.size,
             sha256: v.extension.sha256,
             sha512: v.extension.sha512,
-            source: ImageSource::Local(v.extension.path.clone()),
+            source: ImageSource::Local(v.extension.verified_copy.clone()),
         })
         .collect();
     let os = match target.distro {

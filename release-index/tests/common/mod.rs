@@ -27,6 +27,13 @@ impl Scratch {
         Self { dir: tempfile::tempdir().unwrap(), key: PrivateKey::generate().unwrap() }
     }
 
+    /// A scratch release signed with the committed snake-oil key, so that what it publishes
+    /// at a fixed time has fixed bytes.
+    pub fn pinned() -> Self {
+        let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/keys/snakeoil-private.pem");
+        Self { dir: tempfile::tempdir().unwrap(), key: PrivateKey::read_pem(&key).unwrap() }
+    }
+
     pub fn release(&self) -> PathBuf {
         self.dir.path().join("release")
     }
