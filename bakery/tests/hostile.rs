@@ -1,0 +1,347 @@
+//! Hostile input on the build side: poisoned mirrors, servers that stall or trickle, a full
+//! disk, lying checksum lists and version pins, archive bombs. Each test serves the attack
+//! from a local fixture server and checks that `bakery create` fails (or recovers) the way
+//! it should: quickly, naming the URL or file and the limit, leaving nothing behind.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::*;
+use signing::Sha256Digest;
+use sysext_tests::harness;
+use sysext_tests::upstream::{
+    cni_tarball_path, containerd_checksum_path, kubernetes_path, runc_path, runc_version_path,
+};
+use sysext_tests::{tiny_executable, Arch, FixtureServer, Response};
+
+/// `bakery create` without the `--retries` that `common::create` adds, so a test sets its own.
+fn build(work: &Work, mirror: &str, ext: &str, version: &str, arch: Arch, extra: &[&str]) -> Output {
+    bakery()
+        .args(["create", ext, version, "--arch", arch.as_str(), "--mirror", mirror])
+        .arg("--cache")
+        .arg(work.cache())
+        .arg("--output")
+        .arg(work.out())
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn fails(o: &Output, wanted: &[&str]) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "expected exit code 1; stderr: {err}");
+    for w in wanted {
+        assert!(err.contains(w), "expected {w:?} in stderr:\n{err}");
+    }
+    err
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+const HTML: &str =
+    "<!DOCTYPE html>\n<html><head><title>Rate limited</title></head>\n<body>Try again later</body></html>\n";
+
+/// An HTML page answering a `.sha256` request with 200 fails the build and is not cached: the
+/// next build asks again, and succeeds once the server answers properly.
+fn html_checksum_page_is_never_cached() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let sum = format!("{}.sha256", kubernetes_path(K8S, Arch::X86_64, "kubelet"));
+    server.set(&sum, Response::ok(HTML).header("Content-Type", "text/html"));
+    let work = Work::new();
+    let o = build(&work, &up.mirror(), "kubernetes", K8S, Arch::X86_64, &["--retries", "0"]);
+    fails(&o, &["checksum file", &up.url(&sum), "line 1: expected 64 hex characters"]);
+    assert_eq!(work.outputs(), Vec::<String>::new());
+    for cached in files_in(&work.cache().join("url")) {
+        let bytes = std::fs::read(work.cache().join("url").join(&cached)).unwrap();
+        assert!(!bytes.starts_with(b"<!DOCTYPE"), "the error page was cached as {cached}");
+    }
+
+    up.put(&sum, up.digest(&kubernetes_path(K8S, Arch::X86_64, "kubelet")).to_string());
+    server.clear_log();
+    created(&build(&work, &up.mirror(), "kubernetes", K8S, Arch::X86_64, &[]));
+    assert_eq!(server.hits(&sum), 1, "the checksum is fetched again, not read from the cache");
+}
+
+/// A hostile mirror serves a bad kubelet with a checksum that matches it. A later build from
+/// a good mirror into the same cache ships the good binary: what one mirror said is never
+/// believed for another.
+fn a_poisoned_mirror_does_not_poison_the_cache() {
+    let good_server = FixtureServer::start();
+    let good = upstream(&good_server);
+    let clean = Work::new();
+    let clean_image = created(&build(&clean, &good.mirror(), "kubernetes", K8S, Arch::X86_64, &[]));
+    let clean_inputs = inputs_json(&clean_image);
+
+    let evil_server = FixtureServer::start();
+    let evil = upstream(&evil_server);
+    let kubelet = kubernetes_path(K8S, Arch::X86_64, "kubelet");
+    let bad = tiny_executable(Arch::X86_64, "pwned\n");
+    evil.put(&format!("{kubelet}.sha256"), Sha256Digest::of(&bad).to_string());
+    evil.put(&kubelet, bad.clone());
+
+    let work = Work::new();
+    let poisoned = created(&build(&work, &evil.mirror(), "kubernetes", K8S, Arch::X86_64, &[]));
+    assert_ne!(sha256(&poisoned), sha256(&clean_image), "the hostile mirror's binary went in");
+
+    let rebuilt = created(&build(&work, &good.mirror(), "kubernetes", K8S, Arch::X86_64, &["--force"]));
+    assert_eq!(sha256(&rebuilt), sha256(&clean_image), "the good mirror's build differs from a clean one");
+    assert_eq!(inputs_json(&rebuilt), clean_inputs);
+    assert!(good_server.hits(&format!("{kubelet}.sha256")) >= 2, "the good mirror's checksum was asked for");
+}
+
+/// The inputs lock inside an image, via `bakery inspect --json`.
+fn inputs_json(image: &Path) -> serde_json::Value {
+    let o = bakery().args(["inspect", "--json"]).arg(image).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["inputs"].clone()
+}
+
+/// `--locked inputs.json --offline` rebuilds bit-identically without a single request, and
+/// `--offline` with an empty cache fails naming the URL it would have fetched.
+fn locked_offline_rebuilds_without_network() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let work = Work::new();
+    let o = build(&work, &up.mirror(), "containerd", CONTAINERD, Arch::Arm64, &["--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let first = result["sha256"].as_str().unwrap().to_owned();
+    let lock = work.dir.path().join("inputs.json");
+    std::fs::write(&lock, serde_json::to_vec_pretty(&result["inputs"]).unwrap()).unwrap();
+
+    server.clear_log();
+    let o = build(
+        &work,
+        &up.mirror(),
+        "containerd",
+        CONTAINERD,
+        Arch::Arm64,
+        &["--locked", lock.to_str().unwrap(), "--offline", "--force"],
+    );
+    assert_eq!(sha256(&created(&o)), first, "the locked rebuild differs");
+    assert_eq!(server.requests(), Vec::<String>::new(), "a --locked --offline rebuild made requests");
+
+    let fresh = Work::new();
+    let o = build(&fresh, &up.mirror(), "containerd", CONTAINERD, Arch::Arm64, &["--offline"]);
+    fails(&o, &[&up.url(&runc_version_path(CONTAINERD)), "not in the cache", "--offline forbids downloading it"]);
+    assert_eq!(server.requests(), Vec::<String>::new(), "--offline made requests");
+    assert_eq!(fresh.outputs(), Vec::<String>::new());
+}
+
+/// Runs a build that must fail within `within`, returning its stderr.
+fn fails_within(within: Duration, run: impl FnOnce() -> Output, wanted: &[&str]) -> String {
+    let started = Instant::now();
+    let o = run();
+    let took = started.elapsed();
+    let err = fails(&o, wanted);
+    assert!(took < within, "took {took:?} (limit {within:?}): {err}");
+    err
+}
+
+const QUICK: &[&str] = &["--timeout", "1s", "--retries", "0"];
+
+/// A server sending one byte every 200 ms never trips a read timeout, but the low-speed limit
+/// ends the transfer after one window, naming the URL and the limit.
+fn a_trickling_server_is_abandoned() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let kubelet = kubernetes_path(K8S, Arch::X86_64, "kubelet");
+    server.set(&kubelet, Response::ok(up.bytes(&kubelet)).trickle(Duration::from_millis(200)));
+    let work = Work::new();
+    fails_within(
+        Duration::from_secs(5),
+        || build(&work, &up.mirror(), "kubernetes", K8S, Arch::X86_64, QUICK),
+        &[&up.url(&kubelet), "below the low-speed limit of 1024 bytes/s over 1s"],
+    );
+    assert_eq!(server.hits(&kubelet), 1, "--retries 0");
+    assert_eq!(work.outputs(), Vec::<String>::new());
+}
+
+/// A server that accepts and never answers fails the build after about the read timeout.
+fn a_silent_server_times_out() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let sum = format!("{}.sha256", kubernetes_path(K8S, Arch::X86_64, "kubectl"));
+    server.set(&sum, Response::ok("x").never_answer());
+    let work = Work::new();
+    fails_within(
+        Duration::from_secs(5),
+        || build(&work, &up.mirror(), "kubernetes", K8S, Arch::X86_64, QUICK),
+        &[&up.url(&sum), "no data for 1s (read timeout 1s)"],
+    );
+}
+
+/// A body that stops half-way (connection open, nothing more sent) fails after about the read
+/// timeout: reqwest's blocking timeout bounds every single body read, not just the headers.
+fn a_stall_mid_body_times_out() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let cni = cni_tarball_path(CNI, Arch::X86_64);
+    server.set(&cni, Response::ok(up.bytes(&cni)).hang_after(100));
+    let work = Work::new();
+    fails_within(
+        Duration::from_secs(5),
+        || build(&work, &up.mirror(), "cni", CNI, Arch::X86_64, QUICK),
+        &[&up.url(&cni), "no data for 1s (read timeout 1s)"],
+    );
+    // With the low-speed check off, only the per-read timeout can end it; it still does.
+    let work = Work::new();
+    let mut args = QUICK.to_vec();
+    args.extend(["--low-speed-limit", "0"]);
+    fails_within(
+        Duration::from_secs(5),
+        || build(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &args),
+        &[&up.url(&cni), "read timeout 1s"],
+    );
+}
+
+/// `verify-release URL` is bounded the same way: a trickling and a silent `index.json` are both
+/// reported within seconds, naming the URL and the limit.
+fn verify_release_over_a_hostile_server_is_bounded() {
+    let server = FixtureServer::start();
+    let work = Work::new();
+    let keys = work.dir.path().join("keys");
+    assert!(bakery().args(["keygen", "--out"]).arg(&keys).output().unwrap().status.success());
+    let verify = |prefix: &str| {
+        bakery()
+            .args(["verify-release", &server.url_for(&format!("/{prefix}/")), "--pubkey"])
+            .arg(keys.join("public.pem"))
+            .args(QUICK)
+            .output()
+            .unwrap()
+    };
+    server.set("/trickle/index.json", Response::ok(vec![b' '; 4096]).trickle(Duration::from_millis(200)));
+    let started = Instant::now();
+    let o = verify("trickle");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("FAIL index.json:") && out.contains("below the low-speed limit of 1024 bytes/s over 1s"),
+        "{out}"
+    );
+    assert!(stderr(&o).contains(&server.url_for("/trickle/")), "{}", stderr(&o));
+
+    server.set("/silent/index.json", Response::ok("{}").never_answer());
+    let started = Instant::now();
+    let o = verify("silent");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stdout(&o).contains("FAIL index.json: no data for 1s (read timeout 1s)"), "{}", stdout(&o));
+}
+
+/// A write that fails locally (a full disk) is reported as such and not retried: exactly one
+/// request, the message says "No space left on device" and names the file.
+fn a_full_disk_is_not_retried() {
+    use release_index::http::{HttpClient, HttpOptions, Sink};
+    struct Full;
+    impl Sink for Full {
+        fn restart(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+            Err(std::io::Error::from_raw_os_error(28))
+        }
+        fn path(&self) -> std::path::PathBuf {
+            "/cache/sha256/partial".into()
+        }
+    }
+    let server = FixtureServer::start();
+    server.set("/big", Response::ok(vec![1u8; 100_000]));
+    let client =
+        HttpClient::new(HttpOptions { retries: 4, backoff: Duration::ZERO, ..HttpOptions::default() }).unwrap();
+    let err = client.fetch_into(&server.url_for("/big"), None, false, &mut Full, &mut |_| {}).unwrap_err();
+    assert_eq!(server.hits("/big"), 1, "a local write error was retried");
+    assert!(!err.is_retryable());
+    assert_eq!(err.to_string(), "/cache/sha256/partial: No space left on device (os error 28)");
+}
+
+/// The same end to end, as root: the cache on a 256 KiB tmpfs in a private mount namespace.
+fn a_full_cache_disk_fails_once_naming_the_path() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let work = Work::new();
+    std::fs::create_dir_all(work.cache()).unwrap();
+    let kubelet = kubernetes_path(K8S, Arch::X86_64, "kubelet");
+    // Big enough that the kubelet cannot fit once the checksums are in.
+    let big = tiny_executable(Arch::X86_64, &"x".repeat(400_000));
+    up.put(&format!("{kubelet}.sha256"), Sha256Digest::of(&big).to_string());
+    up.put(&kubelet, big);
+    let script = format!(
+        "mount -t tmpfs -o size=256k tmpfs {cache} && exec {bakery} create kubernetes {K8S} --arch x86-64 --mirror {mirror} --cache {cache} --output {out} --retries 3 --jobs 1",
+        cache = work.cache().display(),
+        bakery = env!("CARGO_BIN_EXE_bakery"),
+        mirror = up.mirror(),
+        out = work.out().display(),
+    );
+    let o = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = fails(&o, &["No space left on device", &work.cache().join("sha256").display().to_string()]);
+    assert!(!err.contains("retrying"), "{err}");
+    assert_eq!(server.hits(&kubelet), 1, "{err}");
+    assert_eq!(work.outputs(), Vec::<String>::new());
+}
+
+/// A checksum list naming the tarball twice with different digests is refused, whichever
+/// line is right.
+fn duplicate_checksum_entries_are_refused() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let sums = containerd_checksum_path(CONTAINERD, Arch::X86_64);
+    let good = String::from_utf8(up.bytes(&sums)).unwrap();
+    let name = good.split_whitespace().nth(1).unwrap().to_owned();
+    up.put(&sums, format!("{good}{}  {name}\n", "0".repeat(64)));
+    let work = Work::new();
+    let o = build(&work, &up.mirror(), "containerd", CONTAINERD, Arch::X86_64, &[]);
+    fails(&o, &[&up.url(&sums), &format!("lists '{name}' twice with different digests")]);
+    assert_eq!(work.outputs(), Vec::<String>::new());
+}
+
+/// A version pin that is not a version (`..`, a path, an HTML page) is refused before it is
+/// put into any URL.
+fn version_pins_must_look_like_versions() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let pin = runc_version_path(CONTAINERD);
+    for bad in ["..\n", "v1.2.5/../../../evil\n", HTML] {
+        up.put(&pin, bad);
+        server.clear_log();
+        let work = Work::new();
+        let o = build(&work, &up.mirror(), "containerd", CONTAINERD, Arch::X86_64, &[]);
+        fails(&o, &[&up.url(&pin), "expected a version (e.g. v1.2.5)", "runc-version"]);
+        assert_eq!(server.requests(), vec![pin.clone()], "{bad:?} led to further requests");
+        assert!(files_in(&work.cache().join("url")).is_empty(), "{bad:?} was cached");
+    }
+    // The real pin still works after the refusals.
+    up.put(&pin, format!("{RUNC}\n"));
+    created(&build(&Work::new(), &up.mirror(), "containerd", CONTAINERD, Arch::X86_64, &[]));
+    assert!(server.hits(&runc_path(RUNC, Arch::X86_64)) >= 1);
+}
+
+fn main() -> std::process::ExitCode {
+    harness::run(vec![
+        sysext_tests::test!(html_checksum_page_is_never_cached),
+        sysext_tests::test!(a_poisoned_mirror_does_not_poison_the_cache),
+        sysext_tests::test!(locked_offline_rebuilds_without_network),
+        sysext_tests::test!(a_trickling_server_is_abandoned),
+        sysext_tests::test!(a_silent_server_times_out),
+        sysext_tests::test!(a_stall_mid_body_times_out),
+        sysext_tests::test!(verify_release_over_a_hostile_server_is_bounded),
+        sysext_tests::test!(a_full_disk_is_not_retried),
+        sysext_tests::test!(a_full_cache_disk_fails_once_naming_the_path).root().tools(&["unshare", "mount"]),
+        sysext_tests::test!(duplicate_checksum_entries_are_refused),
+        sysext_tests::test!(version_pins_must_look_like_versions),
+    ])
+}
