@@ -22,7 +22,7 @@ use crate::progress::bytes_bar;
 use crate::recipe::Recipe;
 use crate::resolve::resolve_locked;
 use crate::resolve::{resolve, InputsLock};
-use crate::stage::{finish, ships_units, stage};
+use crate::stage::{finish, ships_units, stage, StageLimits};
 
 /// A validated build request.
 #[derive(Debug)]
@@ -47,6 +47,8 @@ pub struct CreateRequest {
     pub locked: Option<InputsLock>,
     /// Sign the image with this key.
     pub key: Option<PrivateKey>,
+    /// Most bytes one upstream archive may unpack to.
+    pub max_unpacked: u64,
 }
 
 /// The result of a build.
@@ -108,7 +110,8 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
     fs_err::create_dir_all(&scratch_parent)?;
     let scratch = tempfile::tempdir_in(&scratch_parent)
         .with_context(|| format!("creating a scratch directory in {}", scratch_parent.display()))?;
-    let mut tree = stage(&req.recipe, &fetched, scratch.path())?;
+    let limits = StageLimits { arch: req.arch, max_unpacked: req.max_unpacked };
+    let mut tree = stage(&req.recipe, &fetched, scratch.path(), limits)?;
     let release = ExtensionRelease::for_image(&req.recipe.name, &req.version, req.arch, &req.os, ships_units(&tree));
     finish(&mut tree, &req.recipe, &release, &lock)?;
 

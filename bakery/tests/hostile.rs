@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use signing::Sha256Digest;
 use sysext_tests::harness;
+use sysext_tests::tarball::gzip;
 use sysext_tests::upstream::{
-    cni_tarball_path, containerd_checksum_path, kubernetes_path, runc_path, runc_version_path,
+    cni_tarball_path, containerd_checksum_path, kubernetes_path, message, runc_path, runc_version_path, CNI_PLUGINS,
 };
-use sysext_tests::{tiny_executable, Arch, FixtureServer, Response};
+use sysext_tests::{tiny_executable, Arch, EntryType, FixtureServer, Response, TarGz};
 
 /// `bakery create` without the `--retries` that `common::create` adds, so a test sets its own.
 fn build(work: &Work, mirror: &str, ext: &str, version: &str, arch: Arch, extra: &[&str]) -> Output {
@@ -330,6 +331,133 @@ fn version_pins_must_look_like_versions() {
     assert!(server.hits(&runc_path(RUNC, Arch::X86_64)) >= 1);
 }
 
+/// The fake CNI release's tar stream for x86-64 with `extra` entries added after the plugins
+/// and before LICENSE and README.md.
+fn cni_tar(extra: impl FnOnce(TarGz) -> TarGz) -> Vec<u8> {
+    let mut tar = TarGz::new().dir("./", 0o755);
+    for plugin in CNI_PLUGINS {
+        tar =
+            tar.file(&format!("./{plugin}"), 0o755, tiny_executable(Arch::X86_64, &message(plugin, CNI, Arch::X86_64)));
+    }
+    extra(tar)
+        .file("./LICENSE", 0o644, "Apache License\nVersion 2.0, January 2004\n")
+        .file("./README.md", 0o644, "Fake CNI plugins for tests.\n")
+        .build_tar()
+}
+
+/// Serves `tgz` as the x86-64 CNI tarball, with a checksum that vouches for it.
+fn serve_cni(up: &sysext_tests::FakeUpstream<'_>, tgz: Vec<u8>) {
+    let path = cni_tarball_path(CNI, Arch::X86_64);
+    let name = path.rsplit('/').next().unwrap().to_owned();
+    up.put(&format!("{path}.sha256"), format!("{}  {name}\n", Sha256Digest::of(&tgz)));
+    up.put(&path, tgz);
+}
+
+const CNI_URL: &str =
+    "archive https://github.com/containernetworking/plugins/releases/download/v1.6.2/cni-plugins-linux-amd64-v1.6.2.tgz";
+
+/// A gzip file of two members (as `cat a.gz b.gz` or pigz make) is read to its end: the files
+/// in the second member reach the image.
+fn every_gzip_member_is_unpacked() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let tar = cni_tar(|t| t);
+    // LICENSE is at the end, so it is in the second member.
+    let split = tar.len() / 2;
+    let mut tgz = gzip(&tar[..split]);
+    tgz.extend(gzip(&tar[split..]));
+    serve_cni(&up, tgz);
+    let work = Work::new();
+    let image = created(&build(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &[]));
+    let o = bakery().arg("inspect").arg(&image).output().unwrap();
+    let listing = stdout(&o);
+    for path in ["/usr/libexec/cni/vrf", "/usr/share/doc/cni-plugins/LICENSE"] {
+        assert!(listing.contains(path), "{path} missing:\n{listing}");
+    }
+}
+
+/// Bytes after the gzip data, non-zero data after the tar end marker, a member claiming
+/// 10 GiB, an archive unpacking past a configured limit, and names with control characters
+/// are all refused, naming the archive and what is wrong.
+fn hostile_archives_are_refused() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let plain = cni_tar(|t| t);
+
+    let mut garbage = gzip(&plain);
+    garbage.extend_from_slice(b"<html>appended</html>");
+    let mut after_end = plain.clone();
+    after_end.extend_from_slice(&[0u8; 1024]);
+    after_end.extend_from_slice(b"smuggled");
+    let mut padded = plain.clone();
+    padded.extend(vec![0u8; 2 << 20]);
+    // A header claiming 10 GiB and no data: cheap to make, and refused before a byte of it
+    // is unpacked.
+    let mut bomb_header = tar::Header::new_gnu();
+    bomb_header.set_path("./bridge").unwrap();
+    bomb_header.set_size(10 << 30);
+    bomb_header.set_mode(0o755);
+    bomb_header.set_cksum();
+    let bomb = gzip(bomb_header.as_bytes());
+
+    let cases: Vec<(Vec<u8>, &[&str], &str)> = vec![
+        (garbage, &[], "bytes after the tar archive that gzip cannot read"),
+        (gzip(&after_end), &[], "has data after the end of the tar archive"),
+        (gzip(&padded), &["--max-unpacked", "1M"], "unpacks to more than 1048576 bytes"),
+        (bomb, &[], "member 'bridge' is 10737418240 bytes, more than the 4294967296 bytes one archive may unpack to"),
+        (
+            gzip(&cni_tar(|t| t.raw_entry(b"./evil\nname", EntryType::Regular, 0o644, b"x"))),
+            &[],
+            "member './evil\\x0aname' contains the control character '\\n'",
+        ),
+        (
+            gzip(&cni_tar(|t| t.symlink("./evil", "bridge\u{1b}[2J"))),
+            &[],
+            "symlink 'evil' has a target containing the control character",
+        ),
+    ];
+    for (tgz, extra, wanted) in cases {
+        serve_cni(&up, tgz);
+        let work = Work::new();
+        let started = Instant::now();
+        let o = build(&work, &up.mirror(), "cni", CNI, Arch::X86_64, extra);
+        fails(&o, &[CNI_URL, wanted]);
+        assert!(started.elapsed() < Duration::from_secs(10), "{wanted}: took {:?}", started.elapsed());
+        assert_eq!(work.outputs(), Vec::<String>::new());
+    }
+    // The padded archive is fine under the default limit: tar pads with zeros.
+    serve_cni(&up, gzip(&padded));
+    created(&build(&Work::new(), &up.mirror(), "cni", CNI, Arch::X86_64, &[]));
+}
+
+/// An executable that is not ELF (an error page saved under the binary's name, with a
+/// checksum that matches it) is refused, naming the file, what it is and what was expected.
+fn executables_must_be_elf() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let kubelet = kubernetes_path(K8S, Arch::X86_64, "kubelet");
+    let page = b"<html><body>404 Not Found</body></html>\n";
+    up.put(&format!("{kubelet}.sha256"), Sha256Digest::of(page).to_string());
+    up.put(&kubelet, page.to_vec());
+    let work = Work::new();
+    let o = build(&work, &up.mirror(), "kubernetes", K8S, Arch::X86_64, &[]);
+    fails(&o, &[
+        "/usr/bin/kubelet: an HTML or XML document (40 bytes), but it is installed as an executable: expected an ELF executable for x86-64",
+    ]);
+    assert_eq!(work.outputs(), Vec::<String>::new());
+
+    serve_cni(&up, gzip(&cni_tar(|t| t.file("./extra", 0o755, "#!/bin/sh\necho hi\n"))));
+    let o = build(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &[]);
+    fails(
+        &o,
+        &[
+            CNI_URL.trim_start_matches("archive "),
+            "/usr/libexec/cni/extra: a script (18 bytes)",
+            "expected an ELF executable for x86-64",
+        ],
+    );
+}
+
 fn main() -> std::process::ExitCode {
     harness::run(vec![
         sysext_tests::test!(html_checksum_page_is_never_cached),
@@ -343,5 +471,8 @@ fn main() -> std::process::ExitCode {
         sysext_tests::test!(a_full_cache_disk_fails_once_naming_the_path).root().tools(&["unshare", "mount"]),
         sysext_tests::test!(duplicate_checksum_entries_are_refused),
         sysext_tests::test!(version_pins_must_look_like_versions),
+        sysext_tests::test!(every_gzip_member_is_unpacked),
+        sysext_tests::test!(hostile_archives_are_refused),
+        sysext_tests::test!(executables_must_be_elf),
     ])
 }
