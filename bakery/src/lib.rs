@@ -14,4 +14,5 @@ pub mod recipe;
 pub mod release;
 pub mod resolve;
 pub mod stage;
+pub mod tempfiles;
 pub mod tree;
