@@ -108,7 +108,9 @@ fn check_output(dir: &Path, dest: &Path, force: bool) -> Result<()> {
     if std::fs::symlink_metadata(&sig).is_ok_and(|m| m.is_dir()) {
         bail!("{} is a directory; expected a signature file or nothing", sig.display());
     }
-    for stale in tempfiles::remove_stale(dir).with_context(|| format!("cleaning up {}", dir.display()))? {
+    for stale in tempfiles::remove_stale_with(dir, tempfiles::legacy_image_temp)
+        .with_context(|| format!("cleaning up {}", dir.display()))?
+    {
         eprintln!("removed {}, left by an interrupted run", stale.display());
     }
     drop(TempFile::new_in(dir).with_context(|| format!("{} does not take new files", dir.display()))?);

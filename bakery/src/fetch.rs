@@ -106,7 +106,8 @@ impl Fetcher {
             let d = opts.cache_dir.join(dir);
             std::fs::create_dir_all(&d).map_err(|e| FetchError::io(&d, e))?;
             // Downloads and scratch directories of runs that were killed.
-            crate::tempfiles::remove_stale(&d).map_err(|e| FetchError::io(&d, e))?;
+            crate::tempfiles::remove_stale_with(&d, crate::tempfiles::legacy_cache_temp)
+                .map_err(|e| FetchError::io(&d, e))?;
         }
         Ok(Self { client, opts, progress: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()) })
     }

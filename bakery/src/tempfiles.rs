@@ -241,9 +241,32 @@ fn is_stale(path: &Path) -> bool {
     }
 }
 
+fn older_than(path: &Path, age: Duration) -> bool {
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|m| SystemTime::now().duration_since(m).is_ok_and(|a| a >= age))
+}
+
+/// What `tempfile` named the cache's temporary files before this module existed.
+pub fn legacy_cache_temp(name: &str) -> bool {
+    name.starts_with(".tmp")
+}
+
+/// What `bakery create` named an image's temporary file before this module existed:
+/// `.<image>.raw.XXXXXX.tmp`.
+pub fn legacy_image_temp(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp") && name.contains(".raw.")
+}
+
 /// Removes the temporary files and scratch directories of ours in `dir` that their owner
 /// left behind (see [`is_stale`]); returns what was removed. A missing `dir` has none.
 pub fn remove_stale(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    remove_stale_with(dir, |_| false)
+}
+
+/// Like [`remove_stale`], and also entries for which `legacy` is true: temporary files named
+/// by older versions, which never held a lock, and count as stale once they are an hour old.
+pub fn remove_stale_with(dir: &Path, legacy: impl Fn(&str) -> bool) -> io::Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -252,11 +275,16 @@ pub fn remove_stale(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for entry in entries {
         let entry = entry?;
-        if !entry.file_name().to_string_lossy().starts_with(PREFIX) {
-            continue;
-        }
+        let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if !is_stale(&path) {
+        let stale = if name.starts_with(PREFIX) {
+            is_stale(&path)
+        } else if legacy(&name) {
+            is_stale(&path) && older_than(&path, UNLOCKABLE_AGE)
+        } else {
+            false
+        };
+        if !stale {
             continue;
         }
         let gone = if entry.file_type()?.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };

@@ -458,6 +458,153 @@ fn executables_must_be_elf() {
     );
 }
 
+fn keygen(work: &Work) -> std::path::PathBuf {
+    let keys = work.dir.path().join("keys");
+    let o = bakery().args(["keygen", "--out"]).arg(&keys).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    keys.join("private.pem")
+}
+
+/// Every file below `dir` whose name marks it as a temporary file (ours or an older version's).
+fn temp_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".bakery-tmp-") || name.starts_with(".tmp") || name.ends_with(".tmp") {
+            out.push(e.path().display().to_string());
+        }
+        if e.file_type().unwrap().is_dir() {
+            out.extend(temp_files(&e.path()));
+        }
+    }
+    out
+}
+
+/// A `.sig` that cannot be written (here a directory in its place) fails the build before
+/// any download, and the previous image stays as it was.
+fn an_unwritable_signature_keeps_the_previous_image() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let work = Work::new();
+    let key = keygen(&work);
+    let image = created(&build(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &["--key", key.to_str().unwrap()]));
+    let before = std::fs::read(&image).unwrap();
+    let sig = work.out().join("cni-v1.6.2-x86-64.raw.sig");
+    std::fs::remove_file(&sig).unwrap();
+    std::fs::create_dir(&sig).unwrap();
+    server.clear_log();
+    let o = build(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &["--key", key.to_str().unwrap(), "--force"]);
+    fails(&o, &[&format!("{} is a directory", sig.display())]);
+    assert_eq!(server.requests(), Vec::<String>::new(), "refused only after downloading");
+    assert_eq!(std::fs::read(&image).unwrap(), before, "the previous image was touched");
+}
+
+/// The same when the signature's place becomes unwritable during the build: the new image
+/// is not put in place, the previous one is back, and no temporary file is left.
+fn a_signature_failing_at_the_end_keeps_the_previous_image() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let work = Work::new();
+    let key = keygen(&work);
+    let args = ["--key", key.to_str().unwrap(), "--force"];
+    let image = created(&build(&work, &up.mirror(), "kubernetes", K8S, Arch::X86_64, &args));
+    let before = std::fs::read(&image).unwrap();
+    // A new kubelet, served slowly, so that the test acts while the build downloads.
+    let kubelet = kubernetes_path(K8S, Arch::X86_64, "kubelet");
+    let new = tiny_executable(Arch::X86_64, "kubelet v1.31.3 rebuilt\n");
+    up.put(&format!("{kubelet}.sha256"), Sha256Digest::of(&new).to_string());
+    server.set(&kubelet, Response::ok(new).delay(Duration::from_millis(700)));
+    // The cached checksum would vouch for the old kubelet.
+    std::fs::remove_dir_all(work.cache()).unwrap();
+    server.clear_log();
+    let child = bakery()
+        .args(["create", "kubernetes", K8S, "--arch", "x86-64", "--mirror", &up.mirror()])
+        .arg("--cache")
+        .arg(work.cache())
+        .arg("--output")
+        .arg(work.out())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while server.hits(&kubelet) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the build never asked for the kubelet");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sig = signing::signature_path(&image);
+    std::fs::remove_file(&sig).unwrap();
+    std::fs::create_dir(&sig).unwrap();
+    let o = child.wait_with_output().unwrap();
+    fails(&o, &[&format!("writing {}", sig.display())]);
+    assert_eq!(std::fs::read(&image).unwrap(), before, "the previous image is not back in place");
+    assert_eq!(temp_files(&work.out()), Vec::<String>::new());
+}
+
+/// An output path that cannot take the image is refused before any download: a file where
+/// the directory should be, or a directory where the image should be.
+fn outputs_are_checked_before_any_download() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let work = Work::new();
+    std::fs::write(work.out(), b"not a directory").unwrap();
+    let o = build(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &[]);
+    fails(&o, &[&format!("creating the output directory {}", work.out().display())]);
+    std::fs::remove_file(work.out()).unwrap();
+    let image = work.out().join("cni-v1.6.2-x86-64.raw");
+    std::fs::create_dir_all(&image).unwrap();
+    let o = build(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &["--force"]);
+    fails(&o, &[&format!("{} is a directory", image.display())]);
+    assert_eq!(server.requests(), Vec::<String>::new());
+}
+
+/// Temporary files and scratch directories left by killed runs (ours, unlocked; an older
+/// version's, over an hour old) are removed by the next run; anything else is kept.
+fn stale_temporary_files_are_removed() {
+    let server = FixtureServer::start();
+    let up = upstream(&server);
+    let work = Work::new();
+    let old = std::time::SystemTime::now() - Duration::from_secs(7200);
+    let plant = |path: std::path::PathBuf, dir: bool| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        if dir {
+            std::fs::create_dir_all(path.join("0")).unwrap();
+            std::fs::write(path.join("0/partial"), vec![0u8; 4096]).unwrap();
+        } else {
+            std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        }
+        std::fs::File::open(&path).unwrap().set_modified(old).unwrap();
+        path
+    };
+    let stale = [
+        plant(work.out().join(".bakery-tmp-1234-deadbeef"), false),
+        plant(work.out().join(".cni-v1.6.2-x86-64.raw.AbC123.tmp"), false),
+        plant(work.cache().join("sha256/.bakery-tmp-99-0011"), false),
+        plant(work.cache().join("sha256/.tmpXyZ123"), false),
+        plant(work.cache().join("url/.tmpAbCdEf"), false),
+        plant(work.cache().join("tmp/.bakery-tmp-99-aabb"), true),
+        plant(work.cache().join("tmp/.tmpQwErTy"), true),
+    ];
+    let kept = [
+        plant(work.out().join("notes.tmp"), false),
+        plant(work.out().join("kubernetes-v1.31.3-x86-64.raw"), false),
+        work.cache().join("sha256/.tmpFresh1"),
+    ];
+    std::fs::write(&kept[2], b"an older version's download, still running").unwrap();
+    let o = build(&work, &up.mirror(), "cni", CNI, Arch::X86_64, &[]);
+    created(&o);
+    for p in &stale {
+        assert!(!p.exists(), "{} was left", p.display());
+        assert!(stderr(&o).contains(&p.display().to_string()) || !p.starts_with(work.out()), "{}", stderr(&o));
+    }
+    for p in &kept {
+        assert!(p.exists(), "{} was removed", p.display());
+    }
+}
+
 fn main() -> std::process::ExitCode {
     harness::run(vec![
         sysext_tests::test!(html_checksum_page_is_never_cached),
@@ -474,5 +621,9 @@ fn main() -> std::process::ExitCode {
         sysext_tests::test!(every_gzip_member_is_unpacked),
         sysext_tests::test!(hostile_archives_are_refused),
         sysext_tests::test!(executables_must_be_elf),
+        sysext_tests::test!(an_unwritable_signature_keeps_the_previous_image),
+        sysext_tests::test!(a_signature_failing_at_the_end_keeps_the_previous_image),
+        sysext_tests::test!(outputs_are_checked_before_any_download),
+        sysext_tests::test!(stale_temporary_files_are_removed),
     ])
 }
