@@ -19,7 +19,7 @@ pub const PREFIX: &str = ".bakery-tmp-";
 
 /// How old an unlocked entry must be before it counts as stale: the instant between creating
 /// a named file and locking it must not look like a dead owner.
-const UNLOCKED_GRACE: Duration = Duration::from_secs(5);
+const UNLOCKED_GRACE: Duration = Duration::from_secs(2);
 /// Where locks do not work (some network file systems), age alone decides.
 const UNLOCKABLE_AGE: Duration = Duration::from_secs(3600);
 
@@ -100,6 +100,8 @@ impl TempFile {
             None => {
                 let mut last = None;
                 let mut linked = None;
+                // Locked before it has a name, so no cleanup can ever see it unlocked.
+                let _ = self.file.try_lock();
                 for _ in 0..16 {
                     let path = self.dir.join(random_name());
                     match link_anonymous(&self.file, &path) {
