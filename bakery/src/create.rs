@@ -4,7 +4,7 @@
 //! read back by an independent reader, found to carry the expected extension-release and
 //! signed; any failure before that leaves the directory exactly as it was. The image and its
 //! signature are written as anonymous temporary files (see [`crate::tempfiles`]), so a killed
-//! build leaves nothing behind, and put in place in the order described at [`install`].
+//! build leaves nothing behind, and put in place in the order described at `install`.
 
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -261,7 +261,8 @@ pub fn legacy_image_temp(name: &str) -> bool {
 }
 
 /// Removes the temporary files and scratch directories of ours in `dir` that their owner
-/// left behind (see [`is_stale`]); returns what was removed. A missing `dir` has none.
+/// left behind (unlocked, or where locks do not work over an hour old); returns what was
+/// removed. A missing `dir` has none.
 pub fn remove_stale(dir: &Path) -> io::Result<Vec<PathBuf>> {
     remove_stale_with(dir, |_| false)
 }
