@@ -30,7 +30,11 @@ fn checksums_seeds() {
         let (entry, text) = data.split_once('\n').unwrap_or((data, ""));
         if let Ok(digest) = digest_for(text, entry) {
             assert!(text.to_ascii_lowercase().contains(&digest.to_hex()), "{}", path.display());
-            if !entry.is_empty() && !entry.contains(char::is_whitespace) && !entry.contains('/') {
+            if !entry.is_empty()
+                && !entry.starts_with('*')
+                && !entry.contains(char::is_whitespace)
+                && !entry.contains('/')
+            {
                 assert_eq!(digest_for(&format!("{digest}  {entry}\n"), entry).unwrap(), digest, "{}", path.display());
             }
             accepted += 1;
