@@ -154,7 +154,8 @@ fn unpack_tar_gz(tree: &mut Tree, f: &Fetched, scratch: &Path, limits: StageLimi
         let mut entry = entry.map_err(|e| read_err(e, "reading"))?;
         let bad = |reason: String| anyhow!("archive {url}: {reason}");
         let Some(name) = member_name(&entry.path_bytes()).map_err(bad)? else { continue };
-        let size = entry.header().entry_size().map_err(|e| read_err(e, "reading"))?;
+        // `size()` includes a PAX size override, which the raw header field would miss.
+        let size = entry.size();
         if size > limit.saturating_sub(counter.get()) {
             bail!("archive {url}: member '{name}' is {size} bytes, more than the {limit} bytes one archive may unpack to (see --max-unpacked)");
         }
