@@ -1,12 +1,14 @@
-//! `bakery create`: fetch, stage, lint, write, verify, rename.
+//! `bakery create`: fetch, stage, lint, write, verify, sign, rename.
 //!
 //! Nothing appears in the output directory until the image has been written completely,
-//! read back by an independent reader and found to carry the expected extension-release;
-//! any failure before that leaves the directory exactly as it was.
+//! read back by an independent reader, found to carry the expected extension-release and
+//! signed; any failure before that leaves the directory exactly as it was. The image and its
+//! signature are written as anonymous temporary files (see [`crate::tempfiles`]), so a killed
+//! build leaves nothing behind, and put in place in the order described at `install`.
 
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
@@ -22,7 +24,8 @@ use crate::progress::bytes_bar;
 use crate::recipe::Recipe;
 use crate::resolve::resolve_locked;
 use crate::resolve::{resolve, InputsLock};
-use crate::stage::{finish, ships_units, stage};
+use crate::stage::{finish, ships_units, stage, StageLimits};
+use crate::tempfiles::{self, ScratchDir, TempFile};
 
 /// A validated build request.
 #[derive(Debug)]
@@ -47,6 +50,8 @@ pub struct CreateRequest {
     pub locked: Option<InputsLock>,
     /// Sign the image with this key.
     pub key: Option<PrivateKey>,
+    /// Most bytes one upstream archive may unpack to.
+    pub max_unpacked: u64,
 }
 
 /// The result of a build.
@@ -89,14 +94,81 @@ impl CreateRequest {
     }
 }
 
+/// Checks, before anything is downloaded, that the image could be stored: the directory
+/// exists (or is created) and takes new files, and the image is not there already unless
+/// `--force`. Removes what killed builds left in it.
+fn check_output(dir: &Path, dest: &Path, force: bool) -> Result<()> {
+    fs_err::create_dir_all(dir).with_context(|| format!("creating the output directory {}", dir.display()))?;
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => bail!("{} is a directory; expected an image file or nothing", dest.display()),
+        Ok(_) if !force => bail!("{} already exists; pass --force to replace it", dest.display()),
+        _ => {}
+    }
+    let sig = signing::signature_path(dest);
+    if std::fs::symlink_metadata(&sig).is_ok_and(|m| m.is_dir()) {
+        bail!("{} is a directory; expected a signature file or nothing", sig.display());
+    }
+    for stale in tempfiles::remove_stale_with(dir, tempfiles::legacy_image_temp)
+        .with_context(|| format!("cleaning up {}", dir.display()))?
+    {
+        eprintln!("removed {}, left by an interrupted run", stale.display());
+    }
+    drop(TempFile::new_in(dir).with_context(|| format!("{} does not take new files", dir.display()))?);
+    Ok(())
+}
+
+/// Puts a complete, verified image and its signature (or, unsigned, no signature) in place.
+///
+/// Two files cannot appear in one step, so the order is chosen for readers: whenever the
+/// image is present, the signature beside it is its own (or, for an unsigned build, absent).
+/// The old image leaves first (kept under a temporary name until the end, to be put back if
+/// a later step fails), then the signature is replaced, then the new image appears. A reader
+/// in that instant finds no image, never an image with a wrong signature; a build killed in
+/// it leaves no image (and the next run removes the old one's temporary name). Every step is
+/// a rename within one directory, prepared so that it cannot fail for want of space.
+fn install(dest: &Path, image: TempFile, sig: Option<TempFile>, force: bool) -> Result<()> {
+    let sig_dest = signing::signature_path(dest);
+    let named =
+        |t: TempFile| t.into_named().with_context(|| format!("linking a temporary file beside {}", dest.display()));
+    let image = named(image)?;
+    let sig = sig.map(named).transpose()?;
+    let old = match std::fs::symlink_metadata(dest) {
+        Ok(_) if !force => bail!("{} appeared during the build; pass --force to replace it", dest.display()),
+        Ok(_) => Some(tempfiles::move_aside(dest).with_context(|| format!("moving the old {} aside", dest.display()))?),
+        Err(_) => None,
+    };
+    let restore = |old: Option<tempfiles::NamedTemp>| {
+        if let Some(old) = old {
+            let _ = old.rename(dest);
+        }
+    };
+    let signed = match sig {
+        Some(s) => s.rename(&sig_dest),
+        None => match std::fs::remove_file(&sig_dest) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    };
+    if let Err(e) = signed {
+        restore(old);
+        return Err(e).with_context(|| format!("writing {}", sig_dest.display()));
+    }
+    if let Err(e) = image.rename(dest) {
+        // The old image would now sit beside the new signature: put it back unsigned.
+        let _ = std::fs::remove_file(&sig_dest);
+        restore(old);
+        return Err(e).with_context(|| format!("renaming into {}", dest.display()));
+    }
+    drop(old);
+    Ok(())
+}
+
 /// Builds the image described by `req`.
 pub fn create(req: &CreateRequest) -> Result<Created> {
     let name = req.image_name();
     let dest = req.output_path();
     // Fail before downloading anything if the result could not be stored anyway.
-    if dest.exists() && !req.force {
-        bail!("{} already exists; pass --force to replace it", dest.display());
-    }
+    check_output(&req.output_dir, &dest, req.force)?;
 
     let fetcher = Fetcher::new(req.fetch.clone())?;
     let (fetched, lock) = match &req.locked {
@@ -106,9 +178,10 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
 
     let scratch_parent = req.fetch.cache_dir.join("tmp");
     fs_err::create_dir_all(&scratch_parent)?;
-    let scratch = tempfile::tempdir_in(&scratch_parent)
+    let scratch = ScratchDir::new_in(&scratch_parent)
         .with_context(|| format!("creating a scratch directory in {}", scratch_parent.display()))?;
-    let mut tree = stage(&req.recipe, &fetched, scratch.path())?;
+    let limits = StageLimits { arch: req.arch, max_unpacked: req.max_unpacked };
+    let mut tree = stage(&req.recipe, &fetched, scratch.path(), limits)?;
     let release = ExtensionRelease::for_image(&req.recipe.name, &req.version, req.arch, &req.os, ships_units(&tree));
     finish(&mut tree, &req.recipe, &release, &lock)?;
 
@@ -117,21 +190,17 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
         return Err(LintError(violations).into());
     }
 
-    fs_err::create_dir_all(&req.output_dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(&req.output_dir)
+    let mut tmp = TempFile::new_in(&req.output_dir)
         .with_context(|| format!("creating a temporary file in {}", req.output_dir.display()))?;
     let bar = bytes_bar("compressing", tree.data_bytes()?);
-    let written = write_image_with_progress(&tree, &req.image, tmp.as_file_mut(), &|n| bar.inc(n));
+    let written = write_image_with_progress(&tree, &req.image, tmp.file_mut(), &|n| bar.inc(n));
     bar.finish_and_clear();
     let summary = written.with_context(|| format!("writing {name}"))?;
-    tmp.as_file_mut().flush()?;
-    tmp.as_file().sync_all().with_context(|| format!("syncing {}", tmp.path().display()))?;
+    tmp.file_mut().flush()?;
+    tmp.file().sync_all().with_context(|| format!("syncing {}", tmp.path().display()))?;
 
     // Read the image back the way a consumer would before it gets its real name.
-    let check = inspect(tmp.path()).with_context(|| format!("verifying the written image {name}"))?;
+    let check = inspect(&tmp.path()).with_context(|| format!("verifying the written image {name}"))?;
     let found = check.contents.extension_release.get(req.recipe.name.as_str());
     ensure!(
         found == Some(&release),
@@ -145,28 +214,30 @@ pub fn create(req: &CreateRequest) -> Result<Created> {
         check.contents.entries.len()
     );
 
-    fs_err::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
-    let renamed = if req.force { tmp.persist(&dest) } else { tmp.persist_noclobber(&dest) };
-    renamed.map_err(|e| e.error).with_context(|| format!("renaming into {}", dest.display()))?;
-    let signed_by = match &req.key {
+    tmp.file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    // Signed before it gets its name: the bytes signed are the bytes just verified, and a
+    // signing failure leaves the previous image untouched.
+    let (sig, signed_by) = match &req.key {
         Some(key) => {
-            if let Err(e) = key.sign_file(&dest) {
-                // Never leave a new image next to a missing or stale signature.
-                let _ = fs_err::remove_file(&dest);
-                return Err(e).with_context(|| format!("signing {}", dest.display()));
-            }
-            Some(key.key_id().to_string())
+            let mut bytes = Vec::new();
+            let file = tmp.file_mut();
+            file.rewind()?;
+            file.read_to_end(&mut bytes).with_context(|| format!("reading back {name}"))?;
+            let mut sig = TempFile::new_in(&req.output_dir)
+                .with_context(|| format!("creating a temporary file in {}", req.output_dir.display()))?;
+            sig.file_mut().write_all(&key.sign(&bytes)).with_context(|| format!("writing the signature of {name}"))?;
+            sig.file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            sig.file().sync_all().with_context(|| format!("writing the signature of {name}"))?;
+            (Some(sig), Some(key.key_id().to_string()))
         }
-        None => {
-            // A signature of the image this build replaced would not match it.
-            match fs_err::remove_file(signing::signature_path(&dest)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => None,
-            }
-        }
+        None => (None, None),
     };
-    // The rename is only durable once the directory entry is.
-    fs_err::File::open(&req.output_dir)?.sync_all()?;
+    install(&dest, tmp, sig, req.force)?;
+    // The rename is only durable once the directory entry is. The image is in place and
+    // complete either way, so a failure here is worth a warning, not a failed build.
+    if let Err(e) = std::fs::File::open(&req.output_dir).and_then(|d| d.sync_all()) {
+        eprintln!("warning: syncing {}: {e}", req.output_dir.display());
+    }
 
     Ok(Created {
         path: dest,

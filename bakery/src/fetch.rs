@@ -16,6 +16,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use release_index::http::{Event, FileSink, HttpClient, HttpError, HttpOptions, Mirror};
 use signing::Sha256Digest;
 
+use crate::tempfiles::TempFile;
+
 /// Metadata files (checksums, pins) are tiny; refuse anything that is obviously not one.
 const SMALL_LIMIT: u64 = 1 << 20;
 
@@ -100,9 +102,12 @@ impl Fetcher {
     /// A fetcher; progress bars draw on stderr only when it is a terminal.
     pub fn new(opts: FetchOptions) -> Result<Self, FetchError> {
         let client = HttpClient::new(opts.http.clone())?;
-        for dir in ["sha256", "url"] {
+        for dir in ["sha256", "url", "tmp"] {
             let d = opts.cache_dir.join(dir);
             std::fs::create_dir_all(&d).map_err(|e| FetchError::io(&d, e))?;
+            // Downloads and scratch directories of runs that were killed.
+            crate::tempfiles::remove_stale_with(&d, crate::tempfiles::legacy_cache_temp)
+                .map_err(|e| FetchError::io(&d, e))?;
         }
         Ok(Self { client, opts, progress: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()) })
     }
@@ -175,10 +180,9 @@ impl Fetcher {
 
     fn store(&self, dest: &Path, bytes: &[u8]) -> Result<(), FetchError> {
         let dir = dest.parent().expect("cache paths have a parent");
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| FetchError::io(dir, e))?;
-        tmp.write_all(bytes).map_err(|e| FetchError::io(tmp.path(), e))?;
-        tmp.persist(dest).map_err(|e| FetchError::io(dest, e.error))?;
-        Ok(())
+        let mut tmp = TempFile::new_in(dir).map_err(|e| FetchError::io(dir, e))?;
+        tmp.file_mut().write_all(bytes).map_err(|e| FetchError::io(dest, e))?;
+        tmp.into_named().and_then(|t| t.rename(dest)).map_err(|e| FetchError::io(dest, e))
     }
 
     /// Fetches an artifact whose digest is known, returning the verified cache file.
@@ -203,9 +207,10 @@ impl Fetcher {
             return Err(FetchError::Offline { url, path: dest });
         }
         let dir = dest.parent().expect("cache paths have a parent");
-        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| FetchError::io(dir, e))?;
-        let file = tmp.as_file().try_clone().map_err(|e| FetchError::io(tmp.path(), e))?;
-        let mut sink = FileSink::new(file, tmp.path());
+        let tmp = TempFile::new_in(dir).map_err(|e| FetchError::io(dir, e))?;
+        let file = tmp.file().try_clone().map_err(|e| FetchError::io(&dest, e))?;
+        // Messages name the cache entry being written, not the temporary file's fd.
+        let mut sink = FileSink::new(file, &dest);
         let (bar, mut observe) = self.observer(label);
         let got = self.client.fetch_into(&url, None, false, &mut sink, &mut observe);
         bar.finish_and_clear();
@@ -219,8 +224,8 @@ impl Fetcher {
                 actual: digests.sha256,
             });
         }
-        file.sync_all().map_err(|e| FetchError::io(tmp.path(), e))?;
-        tmp.persist(&dest).map_err(|e| FetchError::io(&dest, e.error))?;
+        file.sync_all().map_err(|e| FetchError::io(&dest, e))?;
+        tmp.into_named().and_then(|t| t.rename(&dest)).map_err(|e| FetchError::io(&dest, e))?;
         Ok(dest)
     }
 }

@@ -1,6 +1,7 @@
 //! `bakery`: build reproducible system extension images for Kubernetes nodes.
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod checksums;
 pub mod cli;
 pub mod create;
@@ -13,4 +14,5 @@ pub mod recipe;
 pub mod release;
 pub mod resolve;
 pub mod stage;
+pub mod tempfiles;
 pub mod tree;

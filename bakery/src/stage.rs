@@ -1,17 +1,21 @@
 //! Laying out an image: verified artifacts, archive members, recipe files, symlinks and the
 //! generated metadata become a [`Tree`].
 //!
-//! Archives are treated as hostile: a member with an absolute path, a `..` component, a link
-//! that leaves the archive, or a device node rejects the whole archive, even if no install rule
-//! selects that member, because such an archive is not what upstream publishes.
+//! Archives are treated as hostile (see [`crate::archive`]): a member with an absolute path, a
+//! `..` component or a control character, a link that leaves the archive, a device node, or an
+//! archive that unpacks to more than its limit rejects the whole archive, even if no install
+//! rule selects that member, because such an archive is not what upstream publishes. A file
+//! installed from a download as an executable must be an ELF file; that it is one for the
+//! image's architecture is checked by [`crate::lint`], with the rest of the tree.
 
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
-use sysext_model::ExtensionRelease;
+use anyhow::{anyhow, bail, Context, Result};
+use sysext_model::{elf, Arch, ExtensionRelease};
 
+use crate::archive::{check_link, member_name, unpack_error, Unpacked};
 use crate::recipe::{wildcard_match, InstallRule, Recipe, Unpack};
 use crate::resolve::{Fetched, InputsLock};
 use crate::tree::{FileSource, Tree};
@@ -34,18 +38,29 @@ pub fn ships_units(tree: &Tree) -> bool {
     })
 }
 
+/// What staging may accept.
+#[derive(Clone, Copy, Debug)]
+pub struct StageLimits {
+    /// The image's architecture.
+    pub arch: Arch,
+    /// Most bytes one archive may unpack to.
+    pub max_unpacked: u64,
+}
+
 /// Builds the image tree except for the extension-release file, which depends on the tree
 /// (see [`ships_units`]) and is added by [`finish`].
-pub fn stage(recipe: &Recipe, fetched: &[Fetched], scratch: &Path) -> Result<Tree> {
+pub fn stage(recipe: &Recipe, fetched: &[Fetched], scratch: &Path, limits: StageLimits) -> Result<Tree> {
     let mut tree = Tree::new();
     for f in fetched {
         match f.artifact.unpack {
             None => {
                 let rule = &f.artifact.install[0];
+                check_executable(&f.path, rule, &rule.to, limits.arch)
+                    .with_context(|| format!("installing {}", f.url))?;
                 tree.add_file(&rule.to, rule.mode.0, FileSource::Path(f.path.clone()))
                     .with_context(|| format!("installing {}", f.url))?;
             }
-            Some(Unpack::TarGz) => unpack_tar_gz(&mut tree, f, &scratch.join(&f.artifact.name))?,
+            Some(Unpack::TarGz) => unpack_tar_gz(&mut tree, f, &scratch.join(&f.artifact.name), limits)?,
         }
     }
     for file in &recipe.files {
@@ -67,43 +82,6 @@ pub fn finish(tree: &mut Tree, recipe: &Recipe, release: &ExtensionRelease, lock
     Ok(())
 }
 
-/// Checks a member name and returns it without a leading `./`; `None` for the archive root.
-fn member_name(raw: &str, url: &str) -> Result<Option<String>> {
-    if raw.starts_with('/') {
-        bail!("archive {url}: member '{raw}' has an absolute path");
-    }
-    let mut parts = Vec::new();
-    for part in raw.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => bail!("archive {url}: member '{raw}' contains '..'"),
-            p => parts.push(p),
-        }
-    }
-    Ok(if parts.is_empty() { None } else { Some(parts.join("/")) })
-}
-
-/// Checks that a link target stays inside the archive.
-fn check_link(member: &str, target: &str, hard: bool, url: &str) -> Result<()> {
-    let kind = if hard { "hard link" } else { "symlink" };
-    if target.starts_with('/') {
-        bail!("archive {url}: {kind} '{member}' points outside the archive (absolute target '{target}')");
-    }
-    // Hard link targets are archive paths; symlink targets are relative to the link's directory.
-    let mut depth: i64 = if hard { 0 } else { member.matches('/').count() as i64 };
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => depth -= 1,
-            _ => depth += 1,
-        }
-        if depth < 0 {
-            bail!("archive {url}: {kind} '{member}' points outside the archive (target '{target}')");
-        }
-    }
-    Ok(())
-}
-
 /// Indices of the install rules that select `member`.
 fn selected(rules: &[InstallRule], member: &str) -> Vec<usize> {
     (0..rules.len())
@@ -115,29 +93,79 @@ fn selected(rules: &[InstallRule], member: &str) -> Vec<usize> {
         .collect()
 }
 
-fn unpack_tar_gz(tree: &mut Tree, f: &Fetched, scratch: &Path) -> Result<()> {
+/// What a file that should be an executable is instead, for messages; `None` if it is ELF.
+fn not_elf(head: &[u8], size: u64) -> Option<String> {
+    if elf::machine(head).is_some() {
+        return None;
+    }
+    let text = head.trim_ascii_start();
+    Some(if size == 0 {
+        "an empty file".to_owned()
+    } else if text.starts_with(b"<") {
+        format!("an HTML or XML document ({size} bytes)")
+    } else if head.starts_with(b"#!") {
+        format!("a script ({size} bytes)")
+    } else if head.starts_with(b"\x1f\x8b") {
+        format!("gzip data ({size} bytes)")
+    } else if head.starts_with(b"PK\x03\x04") {
+        format!("a zip archive ({size} bytes)")
+    } else {
+        let shown: String = head.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!("not an ELF file ({size} bytes, starting {shown})")
+    })
+}
+
+/// Refuses a download installed with an executable mode that is not an ELF executable: an
+/// error page or a checksum list saved under a binary's name would otherwise ship.
+fn check_executable(path: &Path, rule: &InstallRule, to: &str, arch: Arch) -> Result<()> {
+    if rule.mode.0 & 0o111 == 0 {
+        return Ok(());
+    }
+    let mut head = Vec::with_capacity(elf::HEADER_LEN);
+    let file = fs_err::File::open(path)?;
+    let size = file.metadata()?.len();
+    file.take(elf::HEADER_LEN as u64).read_to_end(&mut head)?;
+    match not_elf(&head, size) {
+        None => Ok(()),
+        Some(what) => {
+            bail!("{to}: {what}, but it is installed as an executable: expected an ELF executable for {arch}")
+        }
+    }
+}
+
+fn unpack_tar_gz(tree: &mut Tree, f: &Fetched, scratch: &Path, limits: StageLimits) -> Result<()> {
     let url = &f.url;
+    let limit = limits.max_unpacked;
     fs_err::create_dir_all(scratch)?;
     let file = fs_err::File::open(&f.path)?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
+    let unpacked = Unpacked::new(io::BufReader::new(file), limit);
+    let counter = unpacked.counter();
+    let mut archive = tar::Archive::new(unpacked);
+    // The limit in the message, whatever layer (gzip, tar, our copy) noticed it first.
+    let read_err = |e: io::Error, what: &str| match unpack_error(&e) {
+        Some(u) => anyhow!("archive {url} {u}"),
+        None => anyhow!(e).context(format!("{what} archive {url}")),
+    };
     let rules = &f.artifact.install;
     let mut used = vec![false; rules.len()];
     let mut seen = Vec::new();
-    let entries = archive.entries().with_context(|| format!("reading archive {url}"))?;
+    let entries = archive.entries().map_err(|e| read_err(e, "reading"))?;
     for (index, entry) in entries.enumerate() {
-        let mut entry = entry.with_context(|| format!("reading archive {url}"))?;
-        let raw_bytes = entry.path_bytes().into_owned();
-        let raw =
-            String::from_utf8(raw_bytes).map_err(|_| anyhow::anyhow!("archive {url}: a member name is not UTF-8"))?;
-        let Some(name) = member_name(&raw, url)? else { continue };
+        let mut entry = entry.map_err(|e| read_err(e, "reading"))?;
+        let bad = |reason: String| anyhow!("archive {url}: {reason}");
+        let Some(name) = member_name(&entry.path_bytes()).map_err(bad)? else { continue };
+        // `size()` includes a PAX size override, which the raw header field would miss.
+        let size = entry.size();
+        if size > limit.saturating_sub(counter.get()) {
+            bail!("archive {url}: member '{name}' is {size} bytes, more than the {limit} bytes one archive may unpack to (see --max-unpacked)");
+        }
         let kind = entry.header().entry_type();
         use tar::EntryType as T;
         match kind {
             T::Directory => continue,
             T::Symlink | T::Link => {
-                let target =
-                    entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-                check_link(&name, &target, kind == T::Link, url)?;
+                let target = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
+                check_link(&name, &target, kind == T::Link).map_err(bad)?;
                 if !selected(rules, &name).is_empty() {
                     bail!("archive {url}: member '{name}' is a link; install rules select regular files");
                 }
@@ -157,16 +185,25 @@ fn unpack_tar_gz(tree: &mut Tree, f: &Fetched, scratch: &Path) -> Result<()> {
         }
         let dest_file = scratch.join(format!("{index}"));
         let mut out = fs_err::File::create(&dest_file)?;
-        io::copy(&mut entry, &mut out).with_context(|| format!("extracting '{name}' from {url}"))?;
+        io::copy(&mut entry, &mut out).map_err(|e| read_err(e, &format!("extracting '{name}' from")))?;
         let base = name.rsplit('/').next().unwrap_or(&name);
         for i in chosen {
             let rule = &rules[i];
             used[i] = true;
             let to = if rule.to.ends_with('/') { format!("{}{base}", rule.to) } else { rule.to.clone() };
+            check_executable(&dest_file, rule, &to, limits.arch)
+                .with_context(|| format!("installing '{name}' from {url}"))?;
             tree.add_file(&to, rule.mode.0, FileSource::Path(dest_file.clone()))
                 .with_context(|| format!("installing '{name}' from {url}"))?;
         }
     }
+    // Whatever follows the tar end marker, up to the end of the last gzip member.
+    archive.into_inner().finish().map_err(|e| match unpack_error(&e) {
+        Some(u) => anyhow!("archive {url} {u}"),
+        None => anyhow!(
+            "archive {url}: bytes after the tar archive that gzip cannot read ({e}); refusing a file that is not what upstream publishes"
+        ),
+    })?;
     for (rule, used) in rules.iter().zip(used) {
         if !used {
             let listing = if seen.len() > 30 { format!("{}, …", seen[..30].join(", ")) } else { seen.join(", ") };
@@ -177,28 +214,4 @@ fn unpack_tar_gz(tree: &mut Tree, f: &Fetched, scratch: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn member_names_are_normalised_or_refused() {
-        assert_eq!(member_name("./bridge", "u").unwrap().as_deref(), Some("bridge"));
-        assert_eq!(member_name("./", "u").unwrap(), None);
-        assert_eq!(member_name("bin/ctr", "u").unwrap().as_deref(), Some("bin/ctr"));
-        assert!(member_name("/etc/passwd", "u").unwrap_err().to_string().contains("absolute path"));
-        assert!(member_name("bin/../../etc", "u").unwrap_err().to_string().contains("'..'"));
-    }
-
-    #[test]
-    fn links_must_stay_inside() {
-        check_link("bin/a", "b", false, "u").unwrap();
-        check_link("bin/a", "../lib/b", false, "u").unwrap();
-        assert!(check_link("bin/a", "../../etc/shadow", false, "u").is_err());
-        assert!(check_link("a", "/etc/shadow", false, "u").is_err());
-        check_link("bin/a", "bin/b", true, "u").unwrap();
-        assert!(check_link("bin/a", "../x", true, "u").is_err());
-    }
 }

@@ -41,9 +41,14 @@ impl From<SystemTime> for Timestamp {
     }
 }
 
+/// The last second RFC 3339's four-digit years can write: 9999-12-31T23:59:59Z.
+const LAST_WRITABLE: u64 = 253_402_300_799;
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = UNIX_EPOCH + Duration::from_secs(self.0);
+        // Later instants cannot come from a parse and are refused by publish; should one be
+        // formatted anyway, it reads as the last writable second rather than panicking.
+        let t = UNIX_EPOCH + Duration::from_secs(self.0.min(LAST_WRITABLE));
         write!(f, "{}", humantime::format_rfc3339_seconds(t))
     }
 }
@@ -79,12 +84,19 @@ impl schemars::JsonSchema for Timestamp {
     }
 }
 
-/// Parses a validity period such as `30d`, `12h` or `2w`.
+/// The longest validity an index may be given: ten years. Nodes re-fetch long before, and
+/// anything beyond would only risk overflowing a timestamp.
+pub const MAX_VALIDITY: Duration = Duration::from_secs(3653 * 86_400);
+
+/// Parses a validity period such as `30d`, `12h` or `2w` (at most [`MAX_VALIDITY`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration '{s}': {e}; expected e.g. 30d, 12h or 2w"))?;
     if d.as_secs() == 0 {
         return Err(format!("invalid duration '{s}': must be at least one second"));
+    }
+    if d > MAX_VALIDITY {
+        return Err(format!("invalid duration '{s}': at most 10 years (3653d)"));
     }
     Ok(d)
 }
@@ -110,5 +122,16 @@ mod tests {
         assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(12 * 3600));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").unwrap_err().contains("expected e.g. 30d"));
+        assert_eq!(parse_duration("3653d").unwrap(), MAX_VALIDITY);
+        for huge in ["3654d", "99999y", "9999999999d", "18446744073709551615s"] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains("at most 10 years") || e.contains("invalid duration"), "{huge}: {e}");
+        }
+    }
+
+    #[test]
+    fn far_future_timestamps_format_without_panicking() {
+        assert_eq!(Timestamp::from_unix(u64::MAX).to_string(), "9999-12-31T23:59:59Z");
+        assert_eq!(Timestamp::from_unix(0).after(Duration::MAX).to_string(), "9999-12-31T23:59:59Z");
     }
 }

@@ -153,7 +153,8 @@ impl Checker<'_> {
         // same inode, nothing more to read.
         if let (Some(a), Some(b)) = (self.source.local_path(path), self.source.local_path(&name.to_string())) {
             if path != name.to_string() {
-                if let (Ok(ma), Ok(mb)) = (std::fs::metadata(&a), std::fs::metadata(&b)) {
+                // Not following links: a symlink is its own inode, and is refused when opened.
+                if let (Ok(ma), Ok(mb)) = (std::fs::symlink_metadata(&a), std::fs::symlink_metadata(&b)) {
                     if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
                         self.checked += 1;
                         return;

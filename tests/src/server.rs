@@ -38,6 +38,8 @@ pub struct Response {
     fail_status: u16,
     drop_first: usize,
     delay: Duration,
+    trickle: Option<Duration>,
+    hang_after: Option<usize>,
 }
 
 impl Response {
@@ -57,6 +59,8 @@ impl Response {
             fail_status: 503,
             drop_first: 0,
             delay: Duration::ZERO,
+            trickle: None,
+            hang_after: None,
         }
     }
 
@@ -103,6 +107,27 @@ impl Response {
     /// parallelism tests. Cut short when the server shuts down.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Sends the head at once, then the body one byte every `interval`: a server that never
+    /// stalls long enough for a read timeout but would take forever.
+    pub fn trickle(mut self, interval: Duration) -> Self {
+        self.trickle = Some(interval);
+        self
+    }
+
+    /// Reads the request and never answers, keeping the connection open until the server
+    /// shuts down (or the client goes away).
+    pub fn never_answer(self) -> Self {
+        self.hang_after(None)
+    }
+
+    /// Sends the head and the first `n` body bytes (`None`: not even the head), then keeps
+    /// the connection open without sending anything more until the server shuts down.
+    pub fn hang_after(mut self, n: impl Into<Option<usize>>) -> Self {
+        // usize::MAX stands for "before the head".
+        self.hang_after = Some(n.into().unwrap_or(usize::MAX));
         self
     }
 
@@ -291,7 +316,14 @@ fn routing_path(target: &str) -> String {
 /// What to do with one request, decided under the routes lock.
 enum Action {
     Drop,
-    Send { status: u16, headers: Vec<(String, String)>, body: Arc<[u8]>, limit: Option<usize> },
+    Send { status: u16, headers: Vec<(String, String)>, body: Arc<[u8]>, limit: Option<usize>, faults: Faults },
+}
+
+/// How a response misbehaves while it is being sent.
+#[derive(Clone, Copy, Default)]
+struct Faults {
+    trickle: Option<Duration>,
+    hang_after: Option<usize>,
 }
 
 fn handle(stream: TcpStream, shared: &Shared) {
@@ -312,10 +344,14 @@ fn handle(stream: TcpStream, shared: &Shared) {
             // connection close before any response byte.
             let _ = stream.shutdown(Shutdown::Both);
         }
-        Action::Send { status, headers, body, limit } => {
+        Action::Send { status, headers, body, limit, faults } => {
             let head_only = request.method.eq_ignore_ascii_case("HEAD");
             // Errors mean the client went away early; that is its business, not a failure here.
-            let _ = send(&stream, status, &headers, &body, limit, head_only);
+            let sent = send(&stream, status, &headers, &body, limit, head_only, faults, shared);
+            if sent.is_ok() && faults.hang_after.is_some() {
+                hang(&stream, shared);
+                return;
+            }
             let _ = stream.shutdown(Shutdown::Write);
             // Read whatever the client still sends (usually nothing) so the close is not
             // turned into a reset that could discard the response it has yet to read.
@@ -330,7 +366,7 @@ fn decide(shared: &Shared, path: &str) -> (Action, Duration) {
     let Some(route) = routes.get_mut(path) else {
         let body: Arc<[u8]> = Arc::from(format!("404 not found: {path}\n").into_bytes());
         let headers = vec![("Content-Type".to_owned(), "text/plain".to_owned())];
-        return (Action::Send { status: 404, headers, body, limit: None }, Duration::ZERO);
+        return (Action::Send { status: 404, headers, body, limit: None, faults: Faults::default() }, Duration::ZERO);
     };
     let n = route.seen;
     route.seen += 1;
@@ -344,13 +380,15 @@ fn decide(shared: &Shared, path: &str) -> (Action, Duration) {
             headers: vec![("Content-Type".to_owned(), "text/plain".to_owned())],
             body: Arc::from(body.into_bytes()),
             limit: None,
+            faults: Faults::default(),
         }
     } else {
         let mut headers = r.headers.clone();
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
             headers.push(("Content-Type".to_owned(), "application/octet-stream".to_owned()));
         }
-        Action::Send { status: r.status, headers, body: Arc::clone(&r.body), limit: r.truncate_after }
+        let faults = Faults { trickle: r.trickle, hang_after: r.hang_after };
+        Action::Send { status: r.status, headers, body: Arc::clone(&r.body), limit: r.truncate_after, faults }
     };
     (action, r.delay)
 }
@@ -370,6 +408,21 @@ fn sleep_unless_stopping(delay: Duration, shared: &Shared) -> bool {
     }
 }
 
+/// Keeps a connection open, sending nothing, until the server stops or the client closes it.
+fn hang(stream: &TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = [0u8; 512];
+    while !shared.stopping.load(Ordering::SeqCst) {
+        match (&*stream).read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn send(
     mut stream: &TcpStream,
     status: u16,
@@ -377,16 +430,33 @@ fn send(
     body: &[u8],
     limit: Option<usize>,
     head_only: bool,
+    faults: Faults,
+    shared: &Shared,
 ) -> std::io::Result<()> {
+    if faults.hang_after == Some(usize::MAX) {
+        return Ok(());
+    }
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
     stream.write_all(head.as_bytes())?;
+    stream.flush()?;
     if !head_only {
-        let n = limit.unwrap_or(body.len()).min(body.len());
-        stream.write_all(&body[..n])?;
+        let n = limit.or(faults.hang_after).unwrap_or(body.len()).min(body.len());
+        match faults.trickle {
+            Some(interval) => {
+                for byte in &body[..n] {
+                    if !sleep_unless_stopping(interval, shared) {
+                        return Err(std::io::ErrorKind::Interrupted.into());
+                    }
+                    stream.write_all(std::slice::from_ref(byte))?;
+                    stream.flush()?;
+                }
+            }
+            None => stream.write_all(&body[..n])?,
+        }
     }
     stream.flush()
 }
@@ -464,5 +534,27 @@ mod tests {
         assert!(raw(&server, "\r\n").is_empty());
         drop(TcpStream::connect(server.addr()).unwrap());
         assert_eq!(server.requests(), ["/d", "/d"]);
+    }
+
+    #[test]
+    fn hang_after_sends_a_prefix_and_keeps_the_connection_open() {
+        let server = FixtureServer::start();
+        server.set("/h", Response::ok(vec![1u8; 100]).hang_after(10));
+        server.set("/n", Response::ok("x").never_answer());
+        for (path, body_bytes) in [("/h", Some(10)), ("/n", None)] {
+            let mut s = TcpStream::connect(server.addr()).unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+            let mut out = Vec::new();
+            let err = s.read_to_end(&mut out).unwrap_err();
+            assert!(matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{err}");
+            match body_bytes {
+                Some(n) => {
+                    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    assert_eq!(out.len() - split, n);
+                }
+                None => assert!(out.is_empty()),
+            }
+        }
     }
 }

@@ -67,6 +67,10 @@ pub(super) struct CreateArgs {
     offline: bool,
     #[command(flatten)]
     net: NetArgs,
+    /// Refuse an upstream archive that unpacks to more than this (e.g. 4G, 512M): a small
+    /// download must not fill the cache and the image with gigabytes.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = crate::archive::parse_size)]
+    max_unpacked: u64,
     /// Compression threads [default: all CPUs].
     #[arg(long, short, value_name = "N")]
     jobs: Option<NonZeroUsize>,
@@ -152,6 +156,7 @@ impl CreateArgs {
             image,
             output_dir: self.output,
             force: self.force,
+            max_unpacked: self.max_unpacked,
             locked,
             fetch: FetchOptions {
                 mirror: self.mirror.unwrap_or_default(),

@@ -102,5 +102,11 @@ mod tests {
         assert!(matches!(cmd,
             Command::Publish(ref a) if a.images.len() == 2 && a.expires == Duration::from_secs(30 * 86_400) && a.keep == 3));
         assert!(parse(&["publish", "--to", "r", "--key", "k", "--keep", "1"]).is_err());
+        // A huge validity is a usage error, not an overflow panic when the index is stamped.
+        for huge in ["99999y", "9999999999d", "3654d"] {
+            let err = parse(&["publish", "--to", "r", "--key", "k", "--expires", huge]).unwrap_err().to_string();
+            assert!(err.contains("at most 10 years") || err.contains("invalid duration"), "{huge}: {err}");
+        }
+        assert!(parse(&["publish", "--to", "r", "--key", "k", "--expires", "3653d"]).is_ok());
     }
 }

@@ -228,6 +228,12 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
             if io.kind() == io::ErrorKind::TimedOut {
                 return true;
             }
+            // `io::Error::source` skips the wrapped error itself and goes straight to its
+            // source, so reqwest's body-read timeout (a reqwest::Error inside an io::Error)
+            // is only visible here.
+            if io.get_ref().is_some_and(|inner| is_timeout(inner)) {
+                return true;
+            }
         }
         if c.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) {
             return true;

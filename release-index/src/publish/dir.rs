@@ -311,8 +311,16 @@ impl Stage for DirStage<'_> {
 fn swap(release_dir: &Path, store: &Path, serial: u64, replace_empty_dir: bool) -> Result<(), PublishError> {
     let parent = release_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = release_dir.file_name().expect("checked by generations_dir").to_string_lossy();
-    let staged = parent.join(format!(".{name}.swap-{}", std::process::id()));
-    let _ = fs::remove_file(&staged);
+    let prefix = format!(".{name}.swap-");
+    // Only the lock holder creates these, so any other one was left by a killed publish.
+    for entry in fs::read_dir(parent).map_err(io_err(parent))? {
+        let entry = entry.map_err(io_err(parent))?;
+        let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        if is_link && entry.file_name().to_string_lossy().starts_with(&prefix) {
+            fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+        }
+    }
+    let staged = parent.join(format!("{prefix}{}", std::process::id()));
     let target = Path::new(store.file_name().expect("named")).join(generation_name(serial));
     symlink(&target, &staged).map_err(io_err(&staged))?;
     if replace_empty_dir {

@@ -169,6 +169,14 @@ pub enum PublishError {
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] KeyError),
+    /// A validity period that is zero or longer than [`crate::timestamp::MAX_VALIDITY`].
+    #[error("{}: the index must be valid for between 1 second and 10 years, not {}s", path.display(), valid_for.as_secs())]
+    Validity {
+        /// The release.
+        path: PathBuf,
+        /// What was asked for.
+        valid_for: Duration,
+    },
     /// Testing hook.
     #[error("injected failure after step {0:?}")]
     Injected(Step),
@@ -322,6 +330,9 @@ fn publish_locked(
     opts: &PublishOptions<'_>,
 ) -> Result<Published, PublishError> {
     let fail = |step: Step| if opts.fail_after == Some(step) { Err(PublishError::Injected(step)) } else { Ok(()) };
+    if opts.valid_for.as_secs() == 0 || opts.valid_for > crate::timestamp::MAX_VALIDITY {
+        return Err(PublishError::Validity { path: target.name(), valid_for: opts.valid_for });
+    }
     let _lock = target.lock()?;
     let previous = target.current(opts.key)?;
     let serial = previous.as_ref().map_or(1, |p| p.serial + 1);
