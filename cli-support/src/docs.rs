@@ -8,6 +8,31 @@ use anyhow::{Context, Result};
 use clap::{Args, Command};
 use clap_complete::Shell;
 
+/// The documentation commands every binary has: `completions SHELL` and the hidden `man`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DocCommand {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(CompletionsArgs),
+    /// Write man pages for every command into a directory.
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+impl DocCommand {
+    /// Runs the command for the program `cmd` describes.
+    pub fn run(self, cmd: Command) -> Result<()> {
+        match self {
+            DocCommand::Completions(args) => write_completions(cmd, args.shell, &mut std::io::stdout()),
+            DocCommand::Man(args) => {
+                for path in write_man_pages(cmd, &args.out)? {
+                    println!("{}", path.display());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `completions SHELL`.
 #[derive(Debug, Clone, Args)]
 pub struct CompletionsArgs {

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde::Serialize;
 
-pub use docs::{long_helps, man_pages, write_completions, write_man_pages, CompletionsArgs, ManArgs};
+pub use docs::{long_helps, man_pages, write_completions, write_man_pages, CompletionsArgs, DocCommand, ManArgs};
 pub use net::NetArgs;
 
 /// Parses `args` (including the program name), runs the command, prints any error with its

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
-use cli_support::{CompletionsArgs, ManArgs};
+use cli_support::DocCommand;
 
 /// Build reproducible systemd-sysext images for Kubernetes nodes.
 ///
@@ -39,11 +39,8 @@ enum Command {
     Verify(keys::VerifyArgs),
     Publish(publish::PublishArgs),
     VerifyRelease(verify_release::VerifyReleaseArgs),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
-    Completions(CompletionsArgs),
-    /// Write man pages for every command into a directory.
-    #[command(hide = true)]
-    Man(ManArgs),
+    #[command(flatten)]
+    Doc(DocCommand),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -56,16 +53,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => keys::verify(args),
         Command::Publish(args) => publish::run(args),
         Command::VerifyRelease(args) => verify_release::run(args),
-        Command::Completions(args) => {
-            cli_support::write_completions(Cli::command(), args.shell, &mut std::io::stdout());
-            Ok(())
-        }
-        Command::Man(args) => {
-            for path in cli_support::write_man_pages(Cli::command(), &args.out)? {
-                println!("{}", path.display());
-            }
-            Ok(())
-        }
+        Command::Doc(doc) => doc.run(Cli::command()),
     }
 }
 
@@ -99,7 +87,7 @@ mod tests {
 
     #[test]
     fn completions_and_man_pages_generate() {
-        assert!(matches!(parse(&["completions", "bash"]).unwrap(), Command::Completions(_)));
+        assert!(matches!(parse(&["completions", "bash"]).unwrap(), Command::Doc(DocCommand::Completions(_))));
         let mut out = Vec::new();
         cli_support::write_completions(Cli::command(), clap_complete::Shell::Bash, &mut out);
         let script = String::from_utf8(out).unwrap();

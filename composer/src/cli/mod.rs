@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
-use cli_support::{CompletionsArgs, ManArgs};
+use cli_support::DocCommand;
 
 /// Put systemd system extensions into stock Flatcar and Ubuntu disk images, without root.
 ///
@@ -29,11 +29,8 @@ enum Command {
     Compose(Box<compose::ComposeArgs>),
     Check(compose::CheckArgs),
     Inspect(inspect::InspectArgs),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
-    Completions(CompletionsArgs),
-    /// Write man pages for every command into a directory.
-    #[command(hide = true)]
-    Man(ManArgs),
+    #[command(flatten)]
+    Doc(DocCommand),
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -41,16 +38,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compose(args) => compose::run_compose(*args),
         Command::Check(args) => compose::run_check(args),
         Command::Inspect(args) => inspect::run(args),
-        Command::Completions(args) => {
-            cli_support::write_completions(Cli::command(), args.shell, &mut std::io::stdout());
-            Ok(())
-        }
-        Command::Man(args) => {
-            for path in cli_support::write_man_pages(Cli::command(), &args.out)? {
-                println!("{}", path.display());
-            }
-            Ok(())
-        }
+        Command::Doc(doc) => doc.run(Cli::command()),
     }
 }
 
