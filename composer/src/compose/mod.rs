@@ -75,6 +75,8 @@ pub struct CheckReport {
     pub target: Target,
     /// Every extension, accepted.
     pub extensions: Vec<Verdict>,
+    /// What could not be checked (printed on stderr too).
+    pub warnings: Vec<String>,
 }
 
 /// What `compose` did.
@@ -133,7 +135,11 @@ fn analyse(raw: &Path, format: InputFormat, req: &CheckRequest) -> Result<CheckR
         target::probe_partitions(raw, &gpt).with_context(|| format!("reading partitions of {}", raw.display()))?;
     let target = target::detect(raw, &gpt, &parts, req.target, &req.overrides)?;
     let exts = resolve_all(req, target.arch.value)?;
-    let host = Host { os_release: target.os_release.value.clone(), arch: target.arch.value };
+    let host = Host {
+        os_release: target.os_release.value.clone(),
+        arch: target.arch.value,
+        systemd: target.systemd.as_ref().map(|s| s.value),
+    };
     let mut refusals = Vec::new();
     let mut verdicts = Vec::new();
     for e in exts {
@@ -146,8 +152,12 @@ fn analyse(raw: &Path, format: InputFormat, req: &CheckRequest) -> Result<CheckR
         }
     }
     if !refusals.is_empty() {
+        let systemd = match &target.systemd {
+            Some(s) => format!(", systemd {} from {}", s.value, s.from),
+            None => String::new(),
+        };
         bail!(
-            "{} ({} from {}, architecture {} from {}) would not merge:\n  {}",
+            "{} ({} from {}, architecture {} from {}{systemd}) would not merge:\n  {}",
             req.image.display(),
             describe_os(&host.os_release),
             target.os_release.from,
@@ -156,7 +166,28 @@ fn analyse(raw: &Path, format: InputFormat, req: &CheckRequest) -> Result<CheckR
             refusals.join("\n  ")
         );
     }
-    Ok(CheckReport { image: req.image.clone(), format, target, extensions: verdicts })
+    let mut warnings = Vec::new();
+    if target.systemd.is_none() {
+        let any: Vec<String> = verdicts
+            .iter()
+            .filter(|v| v.accepted == Accepted::AnyId)
+            .map(|v| v.extension.image.to_string())
+            .collect();
+        let needs = if any.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} use ID=_any, which needs systemd {} or later on the node",
+                any.join(", "),
+                compat::ANY_ID_SYSTEMD
+            )
+        };
+        warnings.push(format!(
+            "{}: cannot tell the image's systemd version (no libsystemd-shared-*.so found where systemd installs it){needs}; pass --systemd-version N to check against it",
+            req.image.display()
+        ));
+    }
+    Ok(CheckReport { image: req.image.clone(), format, target, extensions: verdicts, warnings })
 }
 
 fn describe_os(os: &ExtensionRelease) -> String {
