@@ -16,5 +16,7 @@
 pub mod cli;
 pub mod compose;
 pub mod disk;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod plan;
 pub mod source;
