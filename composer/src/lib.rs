@@ -19,4 +19,5 @@ pub mod disk;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod plan;
+pub mod scratch;
 pub mod source;

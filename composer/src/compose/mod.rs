@@ -22,6 +22,7 @@ use crate::disk::e2fs::Ext;
 use crate::disk::gpt::Gpt;
 use crate::disk::input::{self, InputFormat, OutputFormat, Staging};
 use crate::disk::target::{self, Distro, Overrides, Target, TargetChoice};
+use crate::scratch::ScratchDir;
 use crate::plan::{ImageSource, NodeOs, NodePlan, PlanRequest, PlannedImage};
 use crate::source::{self, ExtensionSource, ReleaseIndex, ResolveOptions, ResolvedExtension};
 
@@ -203,11 +204,12 @@ fn describe_os(os: &ExtensionRelease) -> String {
 /// `composer check`: everything up to, not including, writing.
 pub fn check(req: &CheckRequest) -> Result<CheckReport> {
     precheck_sources(req)?;
+    crate::scratch::sweep_temp();
     let format = input::detect(&req.image)?;
     if format == InputFormat::Raw {
         return analyse(&req.image, format, req);
     }
-    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let scratch = ScratchDir::new_temp(crate::scratch::INPUT_PREFIX).context("creating a scratch directory")?;
     let raw = scratch.path().join("disk.raw");
     input::materialize(&req.image, format, &raw)?;
     analyse(&raw, format, req)
@@ -243,6 +245,7 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
     if req.out.exists() {
         bail!("{} already exists; refusing to overwrite it", req.out.display());
     }
+    crate::scratch::sweep_temp();
     let format = input::detect(input_path)?;
     let staging = Staging::beside(&req.out)?;
     let work = staging.path().join("disk.raw");

@@ -76,7 +76,9 @@ pub fn inspect(image: &Path, overrides: &Overrides) -> Result<Inspection> {
     let raw = if format == InputFormat::Raw {
         image.to_owned()
     } else {
-        scratch = tempfile::tempdir().context("creating a scratch directory")?;
+        crate::scratch::sweep_temp();
+        scratch = crate::scratch::ScratchDir::new_temp(crate::scratch::INPUT_PREFIX)
+            .context("creating a scratch directory")?;
         let raw = scratch.path().join("disk.raw");
         input::materialize(image, format, &raw)?;
         raw
