@@ -128,7 +128,9 @@ pub fn debugfs_output(data: &[u8]) {
             let section = e2fs::extents_section(&text, "/opt/extensions/k/k.raw").unwrap_or(&text);
             if let Ok(extents) = e2fs::parse_extents(section) {
                 for e in extents {
-                    assert!(e.len > 0 && e.lblk.checked_add(e.len - 1).is_some() && e.pblk.checked_add(e.len - 1).is_some());
+                    assert!(
+                        e.len > 0 && e.lblk.checked_add(e.len - 1).is_some() && e.pblk.checked_add(e.len - 1).is_some()
+                    );
                 }
             }
         }

@@ -49,7 +49,10 @@ fn gpt_seeds() {
     for (name, want) in [
         ("last-lba-max", "partition 3 'ROOT' (LBA 38912..=18446744073709551615) lies beyond any disk"),
         ("past-end", "partition 3 'ROOT' (LBA 38912..=400000) ends at byte 204800512, past the end"),
-        ("overlap", "partitions 1 'EFI-SYSTEM' (bytes 1048576..17825792) and 2 'USR-A' (bytes 15360000..20480512) overlap"),
+        (
+            "overlap",
+            "partitions 1 'EFI-SYSTEM' (bytes 1048576..17825792) and 2 'USR-A' (bytes 15360000..20480512) overlap",
+        ),
         ("backwards", "partition 3 'ROOT' (LBA 50000..=40000) starts after it ends"),
         ("huge-entry-size", "implausible entry array: 128 entries of 4294967295 bytes"),
     ] {

@@ -154,7 +154,11 @@ fn min_serial_refuses_a_replayed_older_release() {
     assert_ok(&run(&old, "1"));
     let o = run(&old, "2");
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("serial 1 is lower than 2") && stderr(&o).contains("refusing a rollback"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("serial 1 is lower than 2") && stderr(&o).contains("refusing a rollback"),
+        "{}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains("release.generations/0000000001"), "{}", stderr(&o));
     assert_ok(&run(&release, "2"));
     let o = run(&release, "3");
@@ -192,7 +196,8 @@ fn installs_the_verified_private_copy() {
         &Default::default(),
     )
     .unwrap();
-    let verdict = composer::compose::Verdict { extension: resolved.clone(), accepted: sysext_model::compat::Accepted::AnyId };
+    let verdict =
+        composer::compose::Verdict { extension: resolved.clone(), accepted: sysext_model::compat::Accepted::AnyId };
     let plan = composer::compose::node_plan(&target, &[verdict], None);
     let (_, planned) = plan.images().next().unwrap();
     assert_eq!(planned.source, composer::plan::ImageSource::Local(resolved.path.clone()));
@@ -325,14 +330,24 @@ fn refuses_impossible_partitions_and_superblocks() {
     // OEM (6) grown into OEM-CONFIG (7).
     let disk = flatcar_disk(&sub(&work, "b"));
     rewrite_gpt(&disk.path, |e| set_range(e, 6, 68 * 2048, 86 * 2048));
-    assert_both_refuse(&disk.path, &out, &[&exts.cni], &["partitions 6 'OEM' (bytes", "and 7 'OEM-CONFIG' (bytes", "overlap"]);
+    assert_both_refuse(
+        &disk.path,
+        &out,
+        &[&exts.cni],
+        &["partitions 6 'OEM' (bytes", "and 7 'OEM-CONFIG' (bytes", "overlap"],
+    );
 
     // A truncated download: the end of ROOT and the backup table are gone.
     let disk = flatcar_disk(&sub(&work, "c"));
     let f = std::fs::OpenOptions::new().write(true).open(&disk.path).unwrap();
     f.set_len(disk.root_offset + disk.root_size / 2).unwrap();
     drop(f);
-    assert_both_refuse(&disk.path, &out, &[&exts.cni], &["partition 9 'ROOT'", "past the end of the disk image", "truncated"]);
+    assert_both_refuse(
+        &disk.path,
+        &out,
+        &[&exts.cni],
+        &["partition 9 'ROOT'", "past the end of the disk image", "truncated"],
+    );
 
     // Superblocks: a block size of 2^30, more free blocks than blocks.
     let disk = flatcar_disk(&sub(&work, "d"));
@@ -357,8 +372,14 @@ fn debugfs_without_owners(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&bin).unwrap();
     let real = composer::disk::e2fs::find_tool("debugfs");
     let script = bin.join("debugfs");
-    std::fs::write(&script, format!("#!/bin/bash\nset -o pipefail\n{} \"$@\" | sed -E 's/^User: +[0-9]+ +Group: +[0-9]+ +//'\n", real.display()))
-        .unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\nset -o pipefail\n{} \"$@\" | sed -E 's/^User: +[0-9]+ +Group: +[0-9]+ +//'\n",
+            real.display()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     bin
 }
@@ -373,7 +394,14 @@ fn refuses_debugfs_output_it_does_not_understand() {
     // Without the owner, "root-owned" was once read from the missing fields as uid 0 and
     // the composed image passed its read-back.
     let mut cmd = composer();
-    cmd.env("PATH", &path).arg("compose").arg("--image").arg(&disk.path).arg("--out").arg(&out).arg("-e").arg(&exts.cni);
+    cmd.env("PATH", &path)
+        .arg("compose")
+        .arg("--image")
+        .arg(&disk.path)
+        .arg("--out")
+        .arg(&out)
+        .arg("-e")
+        .arg(&exts.cni);
     let o = cmd.output().unwrap();
     assert_refused(&o, &out, &disk.path, &before, &["cannot understand the output of 'stat", "no 'User:' field"]);
 }
@@ -390,7 +418,12 @@ fn old_systemd_refuses_any_id_images() {
     spec.systemd = Some(249);
     let disk = disk::ubuntu(&sub(&work, "249"), &spec);
     let needle = "ID=_any needs systemd 252 or later, but the image has systemd 249";
-    assert_both_refuse(&disk.path, &out, &[&exts.cni], &[needle, "systemd 249 from partition 1 '':/usr/lib/systemd/libsystemd-shared-249.so"]);
+    assert_both_refuse(
+        &disk.path,
+        &out,
+        &[&exts.cni],
+        &[needle, "systemd 249 from partition 1 '':/usr/lib/systemd/libsystemd-shared-249.so"],
+    );
     let o = composer().args(["inspect", "--json", "--image"]).arg(&disk.path).output().unwrap();
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["systemd"], 249);
@@ -402,7 +435,10 @@ fn old_systemd_refuses_any_id_images() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["target"]["systemd"]["value"], 252);
     let triplet = if arch == sysext_tests::Arch::X86_64 { "x86_64-linux-gnu" } else { "aarch64-linux-gnu" };
-    assert_eq!(v["target"]["systemd"]["from"], format!("partition 1 '':/usr/lib/{triplet}/systemd/libsystemd-shared-252.so"));
+    assert_eq!(
+        v["target"]["systemd"]["from"],
+        format!("partition 1 '':/usr/lib/{triplet}/systemd/libsystemd-shared-252.so")
+    );
     assert_eq!(v["warnings"], serde_json::json!([]));
     let o = check(&disk.path, &[&exts.cni], &[]);
     assert!(stdout(&o).contains(", systemd 252 ("), "{}", stdout(&o));
@@ -422,7 +458,8 @@ fn old_systemd_refuses_any_id_images() {
     let o = compose(&disk.path, &out, &[&exts.cni], &["--json"]);
     assert_ok(&o);
     assert!(
-        stderr(&o).contains("warning: ") && stderr(&o).contains("cannot tell the image's systemd version")
+        stderr(&o).contains("warning: ")
+            && stderr(&o).contains("cannot tell the image's systemd version")
             && stderr(&o).contains("use ID=_any, which needs systemd 252 or later"),
         "{}",
         stderr(&o)

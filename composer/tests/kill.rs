@@ -103,7 +103,11 @@ fn killed_runs_leave_nothing_half_done() {
             .arg(format!("{}?offset={}", out.display(), disk.root_offset))
             .output()
             .unwrap();
-        assert!(fsck.status.success(), "{what}: OUT exists but e2fsck -fn fails: {}", String::from_utf8_lossy(&fsck.stdout));
+        assert!(
+            fsck.status.success(),
+            "{what}: OUT exists but e2fsck -fn fails: {}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
         let dumped = work.path().join("dumped.raw");
         let _ = std::fs::remove_file(&dumped);
         dump(&out, disk.root_offset, &installed, &dumped);

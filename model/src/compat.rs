@@ -287,7 +287,14 @@ mod tests {
     fn systemd_versions_from_library_names() {
         assert_eq!(systemd_version_of_library("libsystemd-shared-252.so"), Some(252));
         assert_eq!(systemd_version_of_library("libsystemd-shared-254.5-1.fc39.so"), Some(254));
-        for bad in ["libsystemd-shared-.so", "libsystemd-shared-x.so", "libsystemd-core-255.so", "libsystemd-shared-255", "libsystemd-shared-99999999999.so", "libsystemd-shared-255x.so"] {
+        for bad in [
+            "libsystemd-shared-.so",
+            "libsystemd-shared-x.so",
+            "libsystemd-core-255.so",
+            "libsystemd-shared-255",
+            "libsystemd-shared-99999999999.so",
+            "libsystemd-shared-255x.so",
+        ] {
             assert_eq!(systemd_version_of_library(bad), None, "{bad}");
         }
     }

@@ -22,8 +22,8 @@ use crate::disk::e2fs::Ext;
 use crate::disk::gpt::Gpt;
 use crate::disk::input::{self, InputFormat, OutputFormat, Staging};
 use crate::disk::target::{self, Distro, Overrides, Target, TargetChoice};
-use crate::scratch::ScratchDir;
 use crate::plan::{ImageSource, NodeOs, NodePlan, PlanRequest, PlannedImage};
+use crate::scratch::ScratchDir;
 use crate::source::{self, ExtensionSource, ReleaseIndex, ResolveOptions, ResolvedExtension};
 
 /// Everything `check` needs.
@@ -169,11 +169,8 @@ fn analyse(raw: &Path, format: InputFormat, req: &CheckRequest) -> Result<CheckR
     }
     let mut warnings = Vec::new();
     if target.systemd.is_none() {
-        let any: Vec<String> = verdicts
-            .iter()
-            .filter(|v| v.accepted == Accepted::AnyId)
-            .map(|v| v.extension.image.to_string())
-            .collect();
+        let any: Vec<String> =
+            verdicts.iter().filter(|v| v.accepted == Accepted::AnyId).map(|v| v.extension.image.to_string()).collect();
         let needs = if any.is_empty() {
             String::new()
         } else {

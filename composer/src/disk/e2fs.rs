@@ -421,14 +421,14 @@ pub fn extents_section<'a>(output: &'a str, path: &str) -> Option<&'a str> {
 /// Parses debugfs's `stat`. Every field composer decides on must be there and be a number,
 /// so an owner that is not printed is never read as root.
 pub fn parse_stat(text: &str) -> Result<Stat, String> {
-    let field = |key: &str| {
-        text.split_whitespace().skip_while(|w| *w != key).nth(1).ok_or_else(|| format!("no '{key}' field"))
-    };
+    let field =
+        |key: &str| text.split_whitespace().skip_while(|w| *w != key).nth(1).ok_or_else(|| format!("no '{key}' field"));
     let number = |key: &str, radix: u32| {
         let v = field(key)?;
         u64::from_str_radix(v, radix).map_err(|_| format!("'{key}' is {v:?}, not a number"))
     };
-    let id = |key: &str| number(key, 10).and_then(|v| u32::try_from(v).map_err(|_| format!("'{key}' {v} is too large")));
+    let id =
+        |key: &str| number(key, 10).and_then(|v| u32::try_from(v).map_err(|_| format!("'{key}' {v} is too large")));
     field("Inode:")?;
     let (uid, gid) = (id("User:")?, id("Group:")?);
     let mode = number("Mode:", 8)?;
@@ -678,7 +678,10 @@ mod tests {
             (&format!("{header} 0/ 0   1/  1     0 - 9  x - 4861  10\n"), "unrecognised extent row"),
             (&format!("{header} a/ 0   1/  1     0 - 9  4852 - 4861  10\n"), "unrecognised extent row"),
             (&format!("{header}{header}"), "a second extent header"),
-            (&format!("{header} 0/ 0   1/  1     0 - 18446744073709551615  0 - 18446744073709551615  0\n"), "do not hold 0"),
+            (
+                &format!("{header} 0/ 0   1/  1     0 - 18446744073709551615  0 - 18446744073709551615  0\n"),
+                "do not hold 0",
+            ),
         ] {
             let err = parse_extents(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
@@ -696,7 +699,9 @@ mod tests {
         let cut = &STAT[..STAT.find("User:").unwrap()];
         assert_eq!(parse_stat(cut).unwrap_err(), "no 'User:' field");
         assert_eq!(parse_stat("").unwrap_err(), "no 'Inode:' field");
-        assert!(parse_stat(&STAT.replace("User:     0", "User:     root")).unwrap_err().contains("'User:' is \"root\""));
+        assert!(parse_stat(&STAT.replace("User:     0", "User:     root"))
+            .unwrap_err()
+            .contains("'User:' is \"root\""));
         assert!(parse_stat(&STAT.replace("0644", "0x1a4")).unwrap_err().contains("'Mode:'"));
         assert!(parse_stat(&STAT.replace("0644", "170644")).unwrap_err().contains("more than permission bits"));
         assert!(parse_stat(&STAT.replace("Group:     0", "Group:     99999999999")).unwrap_err().contains("too large"));
@@ -716,7 +721,11 @@ mod tests {
             (format!("junk\n{session}"), 1, "before the first command"),
             (format!("debugfs: stat /a\nInode: 12\ndebugfs: stat /b\n"), 1, "/a: no 'User:' field"),
             // A link target with a newline cannot pose as another answer.
-            (format!("debugfs: stat /a\n{STAT}Fast link dest: \"x\ndebugfs: stat /b\n\"\ndebugfs: stat /b\n"), 1, "3 commands echoed"),
+            (
+                format!("debugfs: stat /a\n{STAT}Fast link dest: \"x\ndebugfs: stat /b\n\"\ndebugfs: stat /b\n"),
+                1,
+                "3 commands echoed",
+            ),
         ] {
             let err = parse_stat_session(&text, &paths, not_found).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");

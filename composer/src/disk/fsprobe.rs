@@ -130,7 +130,9 @@ impl Features {
     /// Names of the features set, e2fsprogs spelling; unknown bits as `incompat:0x…`.
     pub fn names(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (set, table, kind) in [(self.incompat, &INCOMPAT[..], "incompat"), (self.ro_compat, &RO_COMPAT[..], "ro_compat")] {
+        for (set, table, kind) in
+            [(self.incompat, &INCOMPAT[..], "incompat"), (self.ro_compat, &RO_COMPAT[..], "ro_compat")]
+        {
             for bit in (0..32).map(|i| 1u32 << i).filter(|b| set & b != 0) {
                 match table.iter().find(|(b, _)| *b == bit) {
                     Some((_, name)) => out.push((*name).to_owned()),
@@ -163,7 +165,10 @@ impl Features {
             }
         }
         if self.incompat & INCOMPAT_EXTENTS == 0 {
-            out.push(("^extent".to_owned(), "files use block maps, and composer writes images through their extent map"));
+            out.push((
+                "^extent".to_owned(),
+                "files use block maps, and composer writes images through their extent map",
+            ));
         }
         out
     }
@@ -305,7 +310,9 @@ pub fn parse_ext_superblock(sb: &[u8]) -> Result<ExtInfo, String> {
     let free_blocks = u64::from(le32(sb, 0xC)) | hi(0x158);
     let (inodes, free_inodes) = (le32(sb, 0x0), le32(sb, 0x10));
     if blocks == 0 || blocks.checked_mul(block_size).is_none() {
-        return Err(format!("the superblock counts {blocks} blocks of {block_size} bytes, which is no filesystem size"));
+        return Err(format!(
+            "the superblock counts {blocks} blocks of {block_size} bytes, which is no filesystem size"
+        ));
     }
     if free_blocks > blocks {
         return Err(format!("the superblock counts {free_blocks} free blocks of {blocks} in total"));

@@ -302,10 +302,7 @@ fn parse_header(block: &[u8], expected_lba: u64) -> Result<Header, Problem> {
         )));
     }
     if h.first_usable > h.last_usable {
-        return Err(Invalid(format!(
-            "first usable LBA {} is after last usable LBA {}",
-            h.first_usable, h.last_usable
-        )));
+        return Err(Invalid(format!("first usable LBA {} is after last usable LBA {}", h.first_usable, h.last_usable)));
     }
     Ok(h)
 }
@@ -317,21 +314,14 @@ fn read_at(f: &mut (impl Read + Seek), offset: u64, len: usize) -> std::io::Resu
     Ok(buf)
 }
 
-fn read_entries(
-    f: &mut (impl Read + Seek),
-    h: &Header,
-    sector: u64,
-    disk_len: u64,
-) -> Result<Vec<Partition>, Problem> {
+fn read_entries(f: &mut (impl Read + Seek), h: &Header, sector: u64, disk_len: u64) -> Result<Vec<Partition>, Problem> {
     use Problem::{Damaged, Invalid};
     let len = u64::from(h.num_entries) * u64::from(h.entry_size);
     let start = h.entries_lba.checked_mul(sector).filter(|s| s.checked_add(len).is_some_and(|end| end <= disk_len));
     let start = start
         .ok_or_else(|| Invalid(format!("entry array at LBA {} lies beyond the end of the disk", h.entries_lba)))?;
     let array_lbas = h.entries_lba..=h.entries_lba + len.div_ceil(sector).max(1) - 1;
-    if array_lbas.contains(&h.my_lba)
-        || (*array_lbas.start() <= h.last_usable && h.first_usable <= *array_lbas.end())
-    {
+    if array_lbas.contains(&h.my_lba) || (*array_lbas.start() <= h.last_usable && h.first_usable <= *array_lbas.end()) {
         return Err(Invalid(format!(
             "entry array at LBA {}..={} overlaps the header or the usable LBAs {}..={}",
             array_lbas.start(),
@@ -371,7 +361,10 @@ fn read_entries(
             )));
         }
         if first < h.first_usable || last > h.last_usable {
-            return Err(bad(format!("lies outside the usable LBAs {}..={} of the table", h.first_usable, h.last_usable)));
+            return Err(bad(format!(
+                "lies outside the usable LBAs {}..={} of the table",
+                h.first_usable, h.last_usable
+            )));
         }
         parts.push(Partition {
             number,
@@ -460,7 +453,9 @@ impl Gpt {
         if protective {
             for sector in [512u64, 4096] {
                 match Self::backup(f, sector, disk_len).map_err(io)? {
-                    Ok(t) => return Ok(found(sector, TableCopy::Backup, Some("no 'EFI PART' signature at LBA 1".into()), t)),
+                    Ok(t) => {
+                        return Ok(found(sector, TableCopy::Backup, Some("no 'EFI PART' signature at LBA 1".into()), t))
+                    }
                     Err(Problem::Invalid(backup)) => return Err(invalid(TableCopy::Backup, backup)),
                     Err(Problem::Damaged(_)) => {}
                 }
@@ -479,7 +474,9 @@ impl Gpt {
 
     fn backup(f: &mut (impl Read + Seek), sector: u64, disk_len: u64) -> std::io::Result<Result<Table, Problem>> {
         let Some(last) = (disk_len / sector).checked_sub(1).filter(|l| *l >= 2) else {
-            return Ok(Err(Problem::Damaged(format!("the disk is too small for a backup header of {sector}-byte sectors"))));
+            return Ok(Err(Problem::Damaged(format!(
+                "the disk is too small for a backup header of {sector}-byte sectors"
+            ))));
         };
         let block = read_at(f, last * sector, sector as usize)?;
         Ok(parse_header(&block, last).and_then(|h| read_entries(f, &h, sector, disk_len).map(|p| (h.disk_guid, p))))
@@ -632,9 +629,18 @@ mod tests {
         let d = disk_with(|e| entry(e, 1, 3072, 8191, "PAST"), |_| {});
         assert!(invalid(&d).contains("partition 2 'PAST' (LBA 3072..=8191) ends at byte 4194304, past the end of the disk image (2097152 bytes)"), "{}", invalid(&d));
         let d = disk_with(|e| entry(e, 1, 3000, 3500, "OVER"), |_| {});
-        assert!(invalid(&d).contains("partitions 1 'ROOT' (bytes 1048576..1572864) and 2 'OVER' (bytes 1536000..1792512) overlap"), "{}", invalid(&d));
+        assert!(
+            invalid(&d)
+                .contains("partitions 1 'ROOT' (bytes 1048576..1572864) and 2 'OVER' (bytes 1536000..1792512) overlap"),
+            "{}",
+            invalid(&d)
+        );
         let d = disk_with(|e| entry(e, 1, 3500, 3400, "BACKWARDS"), |_| {});
-        assert!(invalid(&d).contains("partition 2 'BACKWARDS' (LBA 3500..=3400) starts after it ends"), "{}", invalid(&d));
+        assert!(
+            invalid(&d).contains("partition 2 'BACKWARDS' (LBA 3500..=3400) starts after it ends"),
+            "{}",
+            invalid(&d)
+        );
         let d = disk_with(|e| entry(e, 1, 4000, 4094, "TAIL"), |_| {});
         assert!(invalid(&d).contains("lies outside the usable LBAs 34..=4062"), "{}", invalid(&d));
         let d = disk_with(|e| entry(e, 1, 2, 10, "ARRAY"), |_| {});
