@@ -118,7 +118,7 @@ mod tests {
         let other = parent.path().join("someone-else");
         std::fs::create_dir(&other).unwrap();
 
-        assert_eq!(sweep(parent.path(), "composer-test-"), [dead.clone()]);
+        assert_eq!(sweep(parent.path(), "composer-test-"), std::slice::from_ref(&dead));
         assert!(live.path().join("data").exists() && !dead.exists() && other.exists());
         let path = live.path().to_owned();
         drop(live);

@@ -719,7 +719,7 @@ mod tests {
             (format!("debugfs: stat /b\n{STAT}debugfs: stat /a\n"), 1, "where \"stat /a\" was expected"),
             (session.clone(), 0, "1 paths printed nothing but debugfs reported 0 as not found"),
             (format!("junk\n{session}"), 1, "before the first command"),
-            (format!("debugfs: stat /a\nInode: 12\ndebugfs: stat /b\n"), 1, "/a: no 'User:' field"),
+            ("debugfs: stat /a\nInode: 12\ndebugfs: stat /b\n".to_owned(), 1, "/a: no 'User:' field"),
             // A link target with a newline cannot pose as another answer.
             (
                 format!("debugfs: stat /a\n{STAT}Fast link dest: \"x\ndebugfs: stat /b\n\"\ndebugfs: stat /b\n"),
