@@ -143,8 +143,9 @@ impl Features {
         out
     }
 
-    /// The features composer cannot handle, each with the reason: the ones listed in
-    /// [`refusal`], any bit unknown to e2fsprogs 1.47 (an unknown incompatible or
+    /// The features composer cannot handle, each with the reason: `inline_data`,
+    /// `bigalloc`, `read-only`, `shared_blocks`, an external journal, the ones e2fsprogs
+    /// does not support, any bit unknown to e2fsprogs 1.47 (an unknown incompatible or
     /// read-only-compatible feature means writing could corrupt it), and a missing `extent`
     /// (images are written through their extent map).
     pub fn unsupported(&self) -> Vec<(String, &'static str)> {
