@@ -284,6 +284,18 @@ fn refuses_two_root_partitions() {
     // Naming the layout does not make the Ubuntu one less ambiguous.
     let o = compose(&disk.path, &out, &[&exts.cni], &["--target", "ubuntu"]);
     assert!(!o.status.success() && stderr(&o).contains("several filesystems are labelled cloudimg-rootfs"));
+
+    // One of each layout: --target decides.
+    let disk = ubuntu_disk(&sub(&work, "both"));
+    let st = Command::new("sfdisk").args(["--quiet", "--part-label"]).arg(&disk.path).args(["16", "ROOT"]).status();
+    assert!(st.unwrap().success());
+    assert_both_refuse(
+        &disk.path,
+        &out,
+        &[&exts.cni],
+        &["both a Flatcar root (PARTLABEL ROOT) and an Ubuntu root (filesystem cloudimg-rootfs) are present: partition 16 'ROOT' and partition 1 ''", "pass --target flatcar or --target ubuntu"],
+    );
+    assert_ok(&compose(&disk.path, &out, &[&exts.cni], &["--target", "ubuntu"]));
 }
 
 // ---- item 6: ext4 features composer cannot write ----

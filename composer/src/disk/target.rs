@@ -149,14 +149,16 @@ pub enum TargetError {
         part_size: u64,
     },
     /// Two candidates for the root: composer will not guess which one boots.
-    #[error("{}: {what}: {candidates}; refusing to guess which one the system boots from", image.display())]
+    #[error("{}: {what}: {candidates}; refusing to guess which one the system boots from{hint}", image.display())]
     Ambiguous {
         /// Image.
         image: PathBuf,
-        /// What was looked for.
+        /// What was found twice.
         what: &'static str,
         /// The partitions found.
         candidates: String,
+        /// What the user can do, if anything.
+        hint: &'static str,
     },
     /// The ext superblock's counts cannot be true.
     #[error("{}: the ext4 superblock in {partition} is inconsistent: {problem}", image.display())]
@@ -365,6 +367,7 @@ pub fn find_root<'a>(
             image: image.to_owned(),
             what,
             candidates: found.iter().map(|p| p.describe()).collect::<Vec<_>>().join(" and "),
+            hint: "",
         }),
     };
     let flatcar_root = only(
@@ -390,13 +393,13 @@ pub fn find_root<'a>(
             })?,
         ),
         TargetChoice::Auto => match (flatcar_root?, ubuntu_root?) {
-            (Some(f), Some(u)) => {
-                return Err(TargetError::Ambiguous {
-                    image: image.to_owned(),
-                    what: "both a Flatcar root (PARTLABEL ROOT) and an Ubuntu root (filesystem cloudimg-rootfs) are present; pass --target flatcar or --target ubuntu",
-                    candidates: format!("{} and {}", f.describe(), u.describe()),
-                })
-            }
+            (Some(f), Some(u)) => return Err(TargetError::Ambiguous {
+                image: image.to_owned(),
+                what:
+                    "both a Flatcar root (PARTLABEL ROOT) and an Ubuntu root (filesystem cloudimg-rootfs) are present",
+                candidates: format!("{} and {}", f.describe(), u.describe()),
+                hint: "; pass --target flatcar or --target ubuntu",
+            }),
             (Some(r), None) => (Distro::Flatcar, r),
             (None, Some(r)) => (Distro::Ubuntu, r),
             (None, None) => return Err(TargetError::Unrecognised { image: image.to_owned(), found: summary(parts) }),
