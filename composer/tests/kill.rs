@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -126,13 +126,14 @@ fn killed_runs_leave_nothing_half_done() {
     let (mut killed, mut left_scratch) = (0, 0);
     for run in 0..RUNS {
         let delay = Duration::from_micros(rng.below(full.as_micros() as u64));
-        let mut child = spawn();
+        let child = spawn();
         std::thread::sleep(delay);
         let st = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status().unwrap();
-        let status = child.wait().unwrap();
-        if !status.success() {
-            assert!(st.success(), "run {run}: composer failed before it was killed");
-            killed += 1;
+        assert!(st.success(), "run {run}: kill failed");
+        let o = child.wait_with_output().unwrap();
+        match o.status.signal() {
+            Some(9) => killed += 1,
+            _ => assert!(o.status.success(), "run {run} failed on its own: {}", String::from_utf8_lossy(&o.stderr)),
         }
         if out.exists() {
             check_out(&format!("run {run} (killed after {delay:?})"));
