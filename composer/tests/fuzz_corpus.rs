@@ -82,7 +82,7 @@ fn ext_superblock_seeds() {
     assert_eq!(probe("ext4-bigalloc").ext.unwrap().features.unsupported()[0].0, "bigalloc");
     assert_eq!(
         probe("ext4-with-errors").ext.unwrap().unclean().unwrap(),
-        "marked as having errors (state 'with errors'), 5 filesystem errors recorded by the kernel"
+        "is marked as having errors (state 'with errors'), has 5 filesystem errors recorded by the kernel"
     );
     assert_eq!(probe("btrfs").kind, fsprobe::FsKind::Btrfs);
     assert_eq!(probe("vfat").label.as_deref(), Some("UEFI"));

@@ -249,7 +249,7 @@ fn refuses_a_root_filesystem_with_errors() {
         &disk.path,
         &out,
         &[&exts.cni],
-        &["the ext4 filesystem in partition 1 '' is 2 filesystem errors recorded by the kernel; repair a copy first"],
+        &["the ext4 filesystem in partition 1 '' has 2 filesystem errors recorded by the kernel; repair a copy first"],
     );
 
     let disk = ubuntu_disk(&sub(&work, "v"));

@@ -226,16 +226,16 @@ impl ExtInfo {
     pub fn unclean(&self) -> Option<String> {
         let mut why = Vec::new();
         if self.state & STATE_VALID == 0 {
-            why.push("not marked clean (state lacks 'clean')".to_owned());
+            why.push("is not marked clean (state lacks 'clean')".to_owned());
         }
         if self.state & STATE_ERROR != 0 {
-            why.push("marked as having errors (state 'with errors')".to_owned());
+            why.push("is marked as having errors (state 'with errors')".to_owned());
         }
         if self.error_count != 0 {
-            why.push(format!("{} filesystem errors recorded by the kernel", self.error_count));
+            why.push(format!("has {} filesystem errors recorded by the kernel", self.error_count));
         }
         if self.orphans {
-            why.push("orphaned inodes waiting to be released".to_owned());
+            why.push("has orphaned inodes waiting to be released".to_owned());
         }
         (!why.is_empty()).then(|| why.join(", "))
     }
@@ -398,7 +398,7 @@ mod tests {
         assert_eq!((e.block_size, e.blocks, e.free_blocks, e.free_inodes), (4096, 1000, 600, 77));
         assert_eq!(e.free_bytes(), 600 * 4096);
 
-        assert_eq!(e.unclean(), Some("not marked clean (state lacks 'clean')".to_owned()));
+        assert_eq!(e.unclean(), Some("is not marked clean (state lacks 'clean')".to_owned()));
         assert_eq!(e.features.unsupported(), []);
 
         d[sb + 0x60..sb + 0x64].copy_from_slice(&0u32.to_le_bytes());
@@ -455,13 +455,13 @@ mod tests {
     fn error_state_and_features_are_reported() {
         let mut d = ext4();
         d[1024 + 0x3A] = 3;
-        assert_eq!(parsed(&d).ext.unwrap().unclean().unwrap(), "marked as having errors (state 'with errors')");
+        assert_eq!(parsed(&d).ext.unwrap().unclean().unwrap(), "is marked as having errors (state 'with errors')");
         let mut d = ext4();
         set32(&mut d, 0x194, 4);
         set32(&mut d, 0xE8, 12);
         assert_eq!(
             parsed(&d).ext.unwrap().unclean().unwrap(),
-            "4 filesystem errors recorded by the kernel, orphaned inodes waiting to be released"
+            "has 4 filesystem errors recorded by the kernel, has orphaned inodes waiting to be released"
         );
 
         let mut d = ext4();

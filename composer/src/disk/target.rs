@@ -183,7 +183,7 @@ pub enum TargetError {
         reasons: String,
     },
     /// Errors recorded, or not cleanly unmounted.
-    #[error("{}: the ext4 filesystem in {partition} is {why}; repair a copy first (e2fsck -f 'COPY?offset={offset}') and compose from the copy", image.display())]
+    #[error("{}: the ext4 filesystem in {partition} {why}; repair a copy first (e2fsck -f 'COPY?offset={offset}') and compose from the copy", image.display())]
     Unclean {
         /// Image.
         image: PathBuf,
