@@ -16,5 +16,8 @@
 pub mod cli;
 pub mod compose;
 pub mod disk;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod plan;
+pub mod scratch;
 pub mod source;

@@ -21,6 +21,8 @@ use serde::Serialize;
 use signing::{PublicKey, Sha256Digest};
 use sysext_model::{Arch, BaseUrl, ChannelRef, ExtensionRelease, ImageName};
 
+use crate::scratch::ScratchDir;
+
 /// One `--extension` argument.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -140,7 +142,7 @@ pub struct ResolvedExtension {
     /// The private directory holding `path`; removed when the last copy of this value is
     /// dropped.
     #[serde(skip)]
-    pub scratch: Arc<tempfile::TempDir>,
+    pub scratch: Arc<ScratchDir>,
 }
 
 fn as_display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -219,10 +221,8 @@ pub fn resolve(source: &ExtensionSource, opts: ResolveOptions<'_>) -> Result<Res
     }
 }
 
-fn scratch() -> Result<tempfile::TempDir, SourceError> {
-    tempfile::Builder::new()
-        .prefix("composer-extension-")
-        .tempdir()
+fn scratch() -> Result<ScratchDir, SourceError> {
+    ScratchDir::new_temp(crate::scratch::EXTENSION_PREFIX)
         .map_err(|cause| SourceError::Io { path: std::env::temp_dir(), cause })
 }
 

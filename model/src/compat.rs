@@ -9,13 +9,39 @@ use serde::Serialize;
 
 use crate::{Arch, ExtensionRelease};
 
-/// The host side of the comparison: the target image's os-release and CPU architecture.
+/// The host side of the comparison: the target image's os-release, CPU architecture and,
+/// when known, systemd version.
 #[derive(Clone, Debug, Serialize)]
 pub struct Host {
     /// The target's os-release fields.
     pub os_release: ExtensionRelease,
     /// The target's architecture.
     pub arch: Arch,
+    /// The target's systemd major version (`255`), if it could be determined. Unknown means
+    /// the rules of the newest systemd are applied.
+    pub systemd: Option<u32>,
+}
+
+/// The first systemd with systemd-sysext.
+pub const FIRST_SYSEXT_SYSTEMD: u32 = 248;
+/// The first systemd that knows `ID=_any` and checks `ARCHITECTURE=`; older ones compare
+/// `ID=_any` literally with the host's ID, so such an image is skipped, and ignore
+/// `ARCHITECTURE=`.
+pub const ANY_ID_SYSTEMD: u32 = 252;
+
+/// The systemd major version in the file name of its private library,
+/// `libsystemd-shared-<version>.so`, which every systemd installs (Debian 12:
+/// `libsystemd-shared-252.so`, Fedora: `libsystemd-shared-254.5-1.fc39.so`).
+pub fn systemd_version_of_library(file_name: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix("libsystemd-shared-")?;
+    if !rest.ends_with(".so") {
+        return None;
+    }
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || !matches!(rest.as_bytes().get(digits), Some(b'.' | b'-' | b'~')) {
+        return None;
+    }
+    rest[..digits].parse().ok()
 }
 
 /// Why an extension would be accepted.
@@ -102,6 +128,20 @@ pub enum Incompatible {
         /// The host's.
         host: String,
     },
+    /// The host's systemd predates systemd-sysext.
+    #[error("the image's systemd {systemd} has no systemd-sysext (it arrived in systemd {FIRST_SYSEXT_SYSTEMD})")]
+    NoSysext {
+        /// The host's systemd version.
+        systemd: u32,
+    },
+    /// `ID=_any` on a systemd that compares it literally.
+    #[error("ID=_any needs systemd {ANY_ID_SYSTEMD} or later, but the image has systemd {systemd}, which compares ID=_any with ID={host_id} and skips the image; build it for this OS instead (bakery --os {host_id}:VERSION_ID)")]
+    AnyIdTooOld {
+        /// The host's systemd version.
+        systemd: u32,
+        /// The host's ID.
+        host_id: String,
+    },
 }
 
 fn nonempty<'a>(r: &'a ExtensionRelease, key: &str) -> Option<&'a str> {
@@ -112,6 +152,9 @@ fn nonempty<'a>(r: &'a ExtensionRelease, key: &str) -> Option<&'a str> {
 pub fn check(ext: &ExtensionRelease, host: &Host) -> Result<Accepted, Incompatible> {
     if ext.fields().is_empty() {
         return Err(Incompatible::EmptyRelease);
+    }
+    if let Some(v) = host.systemd.filter(|v| *v < FIRST_SYSEXT_SYSTEMD) {
+        return Err(Incompatible::NoSysext { systemd: v });
     }
     let scope = nonempty(ext, "SYSEXT_SCOPE").unwrap_or("system portable");
     if !scope.split_whitespace().any(|s| s == "system") {
@@ -129,7 +172,10 @@ pub fn check(ext: &ExtensionRelease, host: &Host) -> Result<Accepted, Incompatib
         return Err(Incompatible::MissingId { host_id: host_id.to_owned() });
     };
     if id == "_any" {
-        return Ok(Accepted::AnyId);
+        return match host.systemd {
+            Some(v) if v < ANY_ID_SYSTEMD => Err(Incompatible::AnyIdTooOld { systemd: v, host_id: host_id.to_owned() }),
+            _ => Ok(Accepted::AnyId),
+        };
     }
     // ID_LIKE matching arrived only in systemd 258; the images targeted run 252–257.
     if id != host_id {
@@ -166,7 +212,7 @@ mod tests {
     const UBUNTU: &str = "ID=ubuntu\nID_LIKE=debian\nVERSION_ID=\"24.04\"\n";
 
     fn host(os: &str) -> Host {
-        Host { os_release: ExtensionRelease::parse(os).unwrap(), arch: Arch::X86_64 }
+        Host { os_release: ExtensionRelease::parse(os).unwrap(), arch: Arch::X86_64, systemd: None }
     }
 
     fn verdict(ext: &str, os: &str) -> Result<Accepted, Incompatible> {
@@ -219,5 +265,37 @@ mod tests {
         assert!(matches!(verdict("ID=fedora\nARCHITECTURE=arm64", FLATCAR), Err(Incompatible::Architecture { .. })));
         let msg = verdict("ID=ubuntu\nVERSION_ID=24.04\nARCHITECTURE=x86-64", FLATCAR).unwrap_err().to_string();
         assert_eq!(msg, "ID=ubuntu but the image's os-release has ID=flatcar; expected ID=flatcar or ID=_any");
+    }
+
+    #[test]
+    fn old_systemd_skips_any_id() {
+        let ubuntu_2204 = "ID=ubuntu\nVERSION_ID=22.04\n";
+        let on = |ext: &str, systemd: Option<u32>| {
+            check(&ExtensionRelease::parse(ext).unwrap(), &Host { systemd, ..host(ubuntu_2204) })
+        };
+        let err = on("ID=_any\nARCHITECTURE=x86-64", Some(249)).unwrap_err();
+        assert_eq!(err, Incompatible::AnyIdTooOld { systemd: 249, host_id: "ubuntu".into() });
+        assert!(err.to_string().starts_with("ID=_any needs systemd 252 or later, but the image has systemd 249"));
+        assert_eq!(on("ID=_any", Some(252)), Ok(Accepted::AnyId));
+        assert_eq!(on("ID=_any", None), Ok(Accepted::AnyId));
+        // 249 ignores ARCHITECTURE: an image pinned to the release with it still merges.
+        assert!(on("ID=ubuntu\nVERSION_ID=22.04\nARCHITECTURE=x86-64", Some(249)).is_ok());
+        assert_eq!(on("ID=ubuntu\nVERSION_ID=22.04", Some(247)), Err(Incompatible::NoSysext { systemd: 247 }));
+    }
+
+    #[test]
+    fn systemd_versions_from_library_names() {
+        assert_eq!(systemd_version_of_library("libsystemd-shared-252.so"), Some(252));
+        assert_eq!(systemd_version_of_library("libsystemd-shared-254.5-1.fc39.so"), Some(254));
+        for bad in [
+            "libsystemd-shared-.so",
+            "libsystemd-shared-x.so",
+            "libsystemd-core-255.so",
+            "libsystemd-shared-255",
+            "libsystemd-shared-99999999999.so",
+            "libsystemd-shared-255x.so",
+        ] {
+            assert_eq!(systemd_version_of_library(bad), None, "{bad}");
+        }
     }
 }

@@ -35,12 +35,15 @@ pub struct DiskSpec {
     pub arch: Arch,
     /// Flatcar only: USR-A's filesystem.
     pub usr_fs: UsrFs,
+    /// The systemd version whose `libsystemd-shared-<version>.so` /usr holds (where that
+    /// distribution installs it), or none.
+    pub systemd: Option<u32>,
 }
 
 impl DiskSpec {
     /// A spec with a 96 MiB root.
     pub fn new(os_release: &str, arch: Arch) -> Self {
-        Self { root_mib: 96, os_release: os_release.to_owned(), arch, usr_fs: UsrFs::Ext2 }
+        Self { root_mib: 96, os_release: os_release.to_owned(), arch, usr_fs: UsrFs::Ext2, systemd: Some(255) }
     }
 }
 
@@ -233,6 +236,10 @@ pub fn flatcar(dir: &Path, spec: &DiskSpec) -> SyntheticDisk {
         0o644,
     );
     symlink("../lib/systemd/systemd", &u.join("bin/systemd"));
+    if let Some(v) = spec.systemd {
+        // Gentoo's (so Flatcar's) private library directory.
+        write(&u.join(format!("lib64/systemd/libsystemd-shared-{v}.so")), b"\x7fELF", 0o644);
+    }
     match spec.usr_fs {
         UsrFs::Ext2 => mkfs_ext(&disk, 19 * MIB, 24 * MIB, "ext2", "USR-A", Some(u), &[]),
         UsrFs::Btrfs => {
@@ -307,6 +314,16 @@ pub fn ubuntu(dir: &Path, spec: &DiskSpec) -> SyntheticDisk {
         b"[Unit]\nDescription=Merge System Extension Images\n[Install]\nWantedBy=sysinit.target\n",
         0o644,
     );
+    if let Some(v) = spec.systemd {
+        // Ubuntu 22.04's 249 keeps it in /usr/lib/systemd, 24.04's 255 (and Debian 12's 252)
+        // in the multiarch directory.
+        let dir = match (v, spec.arch) {
+            (..252, _) => "usr/lib/systemd".to_owned(),
+            (_, Arch::X86_64) => "usr/lib/x86_64-linux-gnu/systemd".to_owned(),
+            (_, Arch::Arm64) => "usr/lib/aarch64-linux-gnu/systemd".to_owned(),
+        };
+        write(&r.join(format!("{dir}/libsystemd-shared-{v}.so")), b"\x7fELF", 0o644);
+    }
     for l in ["bin", "lib", "sbin"] {
         symlink(&format!("usr/{l}"), &r.join(l));
     }

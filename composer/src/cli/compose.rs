@@ -61,11 +61,15 @@ pub(super) struct FactArgs {
     /// The image's architecture, when it cannot be read from the image.
     #[arg(long, value_name = "ARCH")]
     arch: Option<Arch>,
+    /// The image's systemd major version (e.g. 255), when it cannot be read from the image
+    /// (from the name of libsystemd-shared-<version>.so).
+    #[arg(long, value_name = "N")]
+    systemd_version: Option<u32>,
 }
 
 impl FactArgs {
     pub(super) fn overrides(&self) -> Overrides {
-        Overrides { os_release: self.os_release.clone(), arch: self.arch }
+        Overrides { os_release: self.os_release.clone(), arch: self.arch, systemd: self.systemd_version }
     }
 }
 
@@ -150,8 +154,12 @@ impl ComposeArgs {
 }
 
 fn render_check(r: &CheckReport) -> String {
+    let systemd = match &r.target.systemd {
+        Some(s) => format!("systemd {} ({})", s.value, s.from),
+        None => "systemd version unknown".to_owned(),
+    };
     let mut s = format!(
-        "{}: {:?}, root in partition {} '{}', {} ({}), {}\n",
+        "{}: {:?}, root in partition {} '{}', {} ({}), {}, {systemd}\n",
         r.image.display(),
         r.target.distro,
         r.target.root.partition.number,
@@ -187,9 +195,16 @@ fn render_compose(r: &ComposeReport) -> String {
     s
 }
 
+fn warn(r: &CheckReport) {
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
 pub(super) fn run_compose(args: ComposeArgs) -> Result<()> {
     let req = args.request()?;
     let report = compose(&req).with_context(|| format!("composing {}", req.out.display()))?;
+    warn(&report.check);
     if args.target.json {
         cli_support::print_json(&report)?;
     } else {
@@ -202,6 +217,7 @@ pub(super) fn run_compose(args: ComposeArgs) -> Result<()> {
 pub(super) fn run_check(args: CheckArgs) -> Result<()> {
     let req = args.target.request()?;
     let report = check(&req).with_context(|| format!("checking {}", req.image.display()))?;
+    warn(&report);
     if args.target.json {
         cli_support::print_json(&report)?;
     } else {

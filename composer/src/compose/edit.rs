@@ -246,7 +246,11 @@ pub(super) fn fill(
     let mut script = Script::new();
     let mut maps = Vec::new();
     for p in payloads {
-        let extents = e2fs::parse_extents(e2fs::extents_section(output, &p.path));
+        let section = e2fs::extents_section(output, &p.path).with_context(|| {
+            format!("{}: debugfs printed no extent map for it; output began: {:?}", p.path, e2fs::snippet(output))
+        })?;
+        let extents = e2fs::parse_extents(section)
+            .map_err(|reason| anyhow::anyhow!("{}: cannot understand debugfs's extent map: {reason}", p.path))?;
         let blocks = p.size.div_ceil(block);
         let mut next = 0;
         for e in &extents {

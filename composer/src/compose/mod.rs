@@ -23,6 +23,7 @@ use crate::disk::gpt::Gpt;
 use crate::disk::input::{self, InputFormat, OutputFormat, Staging};
 use crate::disk::target::{self, Distro, Overrides, Target, TargetChoice};
 use crate::plan::{ImageSource, NodeOs, NodePlan, PlanRequest, PlannedImage};
+use crate::scratch::ScratchDir;
 use crate::source::{self, ExtensionSource, ReleaseIndex, ResolveOptions, ResolvedExtension};
 
 /// Everything `check` needs.
@@ -75,6 +76,8 @@ pub struct CheckReport {
     pub target: Target,
     /// Every extension, accepted.
     pub extensions: Vec<Verdict>,
+    /// What could not be checked (printed on stderr too).
+    pub warnings: Vec<String>,
 }
 
 /// What `compose` did.
@@ -133,7 +136,11 @@ fn analyse(raw: &Path, format: InputFormat, req: &CheckRequest) -> Result<CheckR
         target::probe_partitions(raw, &gpt).with_context(|| format!("reading partitions of {}", raw.display()))?;
     let target = target::detect(raw, &gpt, &parts, req.target, &req.overrides)?;
     let exts = resolve_all(req, target.arch.value)?;
-    let host = Host { os_release: target.os_release.value.clone(), arch: target.arch.value };
+    let host = Host {
+        os_release: target.os_release.value.clone(),
+        arch: target.arch.value,
+        systemd: target.systemd.as_ref().map(|s| s.value),
+    };
     let mut refusals = Vec::new();
     let mut verdicts = Vec::new();
     for e in exts {
@@ -146,8 +153,12 @@ fn analyse(raw: &Path, format: InputFormat, req: &CheckRequest) -> Result<CheckR
         }
     }
     if !refusals.is_empty() {
+        let systemd = match &target.systemd {
+            Some(s) => format!(", systemd {} from {}", s.value, s.from),
+            None => String::new(),
+        };
         bail!(
-            "{} ({} from {}, architecture {} from {}) would not merge:\n  {}",
+            "{} ({} from {}, architecture {} from {}{systemd}) would not merge:\n  {}",
             req.image.display(),
             describe_os(&host.os_release),
             target.os_release.from,
@@ -156,7 +167,25 @@ fn analyse(raw: &Path, format: InputFormat, req: &CheckRequest) -> Result<CheckR
             refusals.join("\n  ")
         );
     }
-    Ok(CheckReport { image: req.image.clone(), format, target, extensions: verdicts })
+    let mut warnings = Vec::new();
+    if target.systemd.is_none() {
+        let any: Vec<String> =
+            verdicts.iter().filter(|v| v.accepted == Accepted::AnyId).map(|v| v.extension.image.to_string()).collect();
+        let needs = if any.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} use ID=_any, which needs systemd {} or later on the node",
+                any.join(", "),
+                compat::ANY_ID_SYSTEMD
+            )
+        };
+        warnings.push(format!(
+            "{}: cannot tell the image's systemd version (no libsystemd-shared-*.so found where systemd installs it){needs}; pass --systemd-version N to check against it",
+            req.image.display()
+        ));
+    }
+    Ok(CheckReport { image: req.image.clone(), format, target, extensions: verdicts, warnings })
 }
 
 fn describe_os(os: &ExtensionRelease) -> String {
@@ -172,11 +201,12 @@ fn describe_os(os: &ExtensionRelease) -> String {
 /// `composer check`: everything up to, not including, writing.
 pub fn check(req: &CheckRequest) -> Result<CheckReport> {
     precheck_sources(req)?;
+    crate::scratch::sweep_temp();
     let format = input::detect(&req.image)?;
     if format == InputFormat::Raw {
         return analyse(&req.image, format, req);
     }
-    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let scratch = ScratchDir::new_temp(crate::scratch::INPUT_PREFIX).context("creating a scratch directory")?;
     let raw = scratch.path().join("disk.raw");
     input::materialize(&req.image, format, &raw)?;
     analyse(&raw, format, req)
@@ -212,6 +242,7 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
     if req.out.exists() {
         bail!("{} already exists; refusing to overwrite it", req.out.display());
     }
+    crate::scratch::sweep_temp();
     let format = input::detect(input_path)?;
     let staging = Staging::beside(&req.out)?;
     let work = staging.path().join("disk.raw");

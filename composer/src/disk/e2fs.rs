@@ -42,6 +42,19 @@ pub enum E2fsError {
         /// The last lines of its report.
         tail: String,
     },
+    /// debugfs printed something composer does not understand: it is never read as "no
+    /// such file" or as zeros, so a check cannot pass on output it did not parse.
+    #[error("debugfs on {device}: cannot understand the output of '{command}': {reason}; output began: {snippet:?}")]
+    Unparsed {
+        /// Device string used.
+        device: String,
+        /// The request.
+        command: String,
+        /// What was expected and not found.
+        reason: String,
+        /// The start of the output.
+        snippet: String,
+    },
     /// Writing the command file failed.
     #[error("writing the debugfs command file {}: {cause}", path.display())]
     Script {
@@ -166,6 +179,10 @@ impl Ext {
             .collect()
     }
 
+    fn unparsed(&self, command: &str, reason: String, output: &str) -> E2fsError {
+        E2fsError::Unparsed { device: self.device(), command: command.to_owned(), reason, snippet: snippet(output) }
+    }
+
     /// Runs one read-only request; `Ok(None)` when the path does not exist.
     fn request(&self, request: &str) -> Result<Option<Vec<u8>>, E2fsError> {
         let mut cmd = self.tool("debugfs");
@@ -183,7 +200,10 @@ impl Ext {
 
     /// Metadata of `path`, not following a final symlink.
     pub fn stat(&self, path: &str) -> Result<Option<Stat>, E2fsError> {
-        Ok(self.request(&format!("stat {}", quote(path)))?.map(|out| parse_stat(&String::from_utf8_lossy(&out))))
+        let command = format!("stat {}", quote(path));
+        let Some(out) = self.request(&command)? else { return Ok(None) };
+        let text = String::from_utf8_lossy(&out);
+        parse_stat(&text).map(Some).map_err(|reason| self.unparsed(&command, reason, &text))
     }
 
     /// [`Ext::stat`] of many paths in one debugfs session: every run opens the filesystem
@@ -208,22 +228,16 @@ impl Ext {
         let out = child.wait_with_output().map_err(|cause| E2fsError::Spawn { tool: "debugfs", cause })?;
         let written = writer.join().unwrap_or_else(|_| Err(std::io::Error::other("stdin writer panicked")));
         written.map_err(|cause| E2fsError::Spawn { tool: "debugfs", cause })?;
-        let errors: Vec<String> =
-            self.errors(&out).into_iter().filter(|e| !e.contains("File not found by ext2_lookup")).collect();
+        let (missing, errors): (Vec<String>, Vec<String>) =
+            self.errors(&out).into_iter().partition(|e| e.contains("File not found by ext2_lookup"));
         if !errors.is_empty() || !out.status.success() {
             return Err(E2fsError::Debugfs { device: self.device(), errors });
         }
         let text = String::from_utf8_lossy(&out.stdout);
-        // Each command is echoed as `debugfs: stat PATH`; a missing path prints nothing.
-        for section in text.split("debugfs: stat ").skip(1) {
-            let (cmd, body) = section.split_once('\n').unwrap_or((section, ""));
-            let path = cmd.trim().trim_matches('"');
-            if body.trim().is_empty() {
-                continue;
-            }
-            if let Some(slot) = result.get_mut(path) {
-                *slot = Some(parse_stat(body));
-            }
+        let stats = parse_stat_session(&text, paths, missing.len())
+            .map_err(|reason| self.unparsed(&format!("stat of {} paths", paths.len()), reason, &text))?;
+        for (p, st) in paths.iter().zip(stats) {
+            result.insert(p.clone(), st);
         }
         Ok(result)
     }
@@ -286,18 +300,10 @@ impl Ext {
 
     /// Entries of a directory (without `.` and `..`); `None` if it does not exist.
     pub fn list(&self, dir: &str) -> Result<Option<Vec<DirEntry>>, E2fsError> {
-        let Some(out) = self.request(&format!("ls -p {}", quote(dir)))? else { return Ok(None) };
+        let command = format!("ls -p {}", quote(dir));
+        let Some(out) = self.request(&command)? else { return Ok(None) };
         let text = String::from_utf8_lossy(&out);
-        let mut entries = Vec::new();
-        for line in text.lines() {
-            // `/inode/mode/uid/gid/name/size/`
-            let f: Vec<&str> = line.split('/').collect();
-            if f.len() < 7 || f[5] == "." || f[5] == ".." || f[5].is_empty() {
-                continue;
-            }
-            entries.push(DirEntry { name: f[5].to_owned(), mode: u32::from_str_radix(f[2], 8).unwrap_or(0) });
-        }
-        Ok(Some(entries))
+        parse_ls(&text).map(Some).map_err(|reason| self.unparsed(&command, reason, &text))
     }
 
     /// Runs a write script in one debugfs session; any error line fails it. Returns what the
@@ -317,8 +323,12 @@ impl Ext {
 
     /// The leaf extents of `path`.
     pub fn extents(&self, path: &str) -> Result<Vec<Extent>, E2fsError> {
-        let out = self.request(&format!("ex -l {}", quote(path)))?.unwrap_or_default();
-        Ok(parse_extents(&String::from_utf8_lossy(&out)))
+        let command = format!("ex -l {}", quote(path));
+        let Some(out) = self.request(&command)? else {
+            return Err(self.unparsed(&command, format!("{path} does not exist"), ""));
+        };
+        let text = String::from_utf8_lossy(&out);
+        parse_extents(&text).map_err(|reason| self.unparsed(&command, reason, &text))
     }
 
     /// `e2fsck -fn`: a full read-only check; any complaint is an error.
@@ -349,38 +359,84 @@ pub struct Extent {
     pub uninit: bool,
 }
 
-/// Parses `ex -l` (leaf rows: `L0 - L1  P0 - P1  LEN [Uninit]`), optionally only the section
-/// after the echoed command `debugfs: ex -l PATH` in a script's output.
-pub fn parse_extents(text: &str) -> Vec<Extent> {
+/// The first 200 characters of a tool's output, for error messages.
+pub fn snippet(output: &str) -> String {
+    output.chars().take(200).collect()
+}
+
+/// Parses `ex -l`: the header `Level Entries Logical Physical Length Flags`, then leaf rows
+/// `LEVEL/MAX ENTRY/COUNT L0 - L1 P0 - P1 LEN [Uninit]`. Any other line, a row whose ranges
+/// disagree with its length, or a missing header is an error: a map not understood must not
+/// be taken for an empty one.
+pub fn parse_extents(text: &str) -> Result<Vec<Extent>, String> {
     let mut out = Vec::new();
-    for line in text.lines() {
+    let mut header = false;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let t: Vec<&str> = line.split_whitespace().collect();
-        let Some(i) = t.iter().position(|w| *w == "-") else { continue };
-        if i == 0 || t.len() < i + 6 || t[i + 3] != "-" {
+        if t == ["Level", "Entries", "Logical", "Physical", "Length", "Flags"] {
+            if header {
+                return Err("a second extent header".into());
+            }
+            header = true;
             continue;
         }
-        let num = |k: usize| t[k].parse::<u64>().ok();
-        if let (Some(lblk), Some(pblk), Some(len)) = (num(i - 1), num(i + 2), num(i + 5)) {
-            out.push(Extent { lblk, pblk, len, uninit: t.get(i + 6) == Some(&"Uninit") });
+        let row = || format!("unrecognised extent row {line:?}");
+        if !header {
+            return Err(format!("{} before the extent header", row()));
         }
+        let i = t.iter().position(|w| *w == "-").ok_or_else(row)?;
+        if i < 2 || t.len() < i + 6 || t[i + 3] != "-" {
+            return Err(row());
+        }
+        // LEVEL/MAX ENTRY/COUNT, printed as `0/ 0   1/  1` or `12/345`.
+        if !t[..i - 1].iter().all(|w| w.bytes().all(|c| c.is_ascii_digit() || c == b'/')) {
+            return Err(row());
+        }
+        let uninit = match &t[i + 6..] {
+            [] => false,
+            ["Uninit"] => true,
+            _ => return Err(row()),
+        };
+        let num = |k: usize| t[k].parse::<u64>().map_err(|_| row());
+        let (l0, l1, p0, p1, len) = (num(i - 1)?, num(i + 1)?, num(i + 2)?, num(i + 4)?, num(i + 5)?);
+        if len == 0 || l1.checked_sub(l0) != Some(len - 1) || p1.checked_sub(p0) != Some(len - 1) {
+            return Err(format!("extent row {line:?}: ranges {l0}-{l1} and {p0}-{p1} do not hold {len} blocks"));
+        }
+        out.push(Extent { lblk: l0, pblk: p0, len, uninit });
     }
-    out
+    if !header {
+        return Err("no extent header (Level Entries Logical Physical Length Flags)".into());
+    }
+    Ok(out)
 }
 
-/// The part of a script's output that answers `debugfs: ex -l PATH`.
-pub fn extents_section<'a>(output: &'a str, path: &str) -> &'a str {
+/// The part of a script's output that answers `debugfs: ex -l PATH`, if it is there.
+pub fn extents_section<'a>(output: &'a str, path: &str) -> Option<&'a str> {
     let marker = format!("debugfs: ex -l {}\n", quote(path));
-    let Some(start) = output.find(&marker).map(|i| i + marker.len()) else { return "" };
+    let start = output.find(&marker)? + marker.len();
     let rest = &output[start..];
-    &rest[..rest.find("debugfs: ").unwrap_or(rest.len())]
+    Some(&rest[..rest.find("debugfs: ").unwrap_or(rest.len())])
 }
 
-fn parse_stat(text: &str) -> Stat {
+/// Parses debugfs's `stat`. Every field composer decides on must be there and be a number,
+/// so an owner that is not printed is never read as root.
+pub fn parse_stat(text: &str) -> Result<Stat, String> {
     let field =
-        |key: &str| text.split_whitespace().skip_while(|w| *w != key).nth(1).map(str::to_owned).unwrap_or_default();
-    let mode = u32::from_str_radix(&field("Mode:"), 8).unwrap_or(0);
-    let size = field("Size:").parse().unwrap_or(0);
-    let kind = match field("Type:").as_str() {
+        |key: &str| text.split_whitespace().skip_while(|w| *w != key).nth(1).ok_or_else(|| format!("no '{key}' field"));
+    let number = |key: &str, radix: u32| {
+        let v = field(key)?;
+        u64::from_str_radix(v, radix).map_err(|_| format!("'{key}' is {v:?}, not a number"))
+    };
+    let id =
+        |key: &str| number(key, 10).and_then(|v| u32::try_from(v).map_err(|_| format!("'{key}' {v} is too large")));
+    field("Inode:")?;
+    let (uid, gid) = (id("User:")?, id("Group:")?);
+    let mode = number("Mode:", 8)?;
+    if mode > 0o7777 {
+        return Err(format!("'Mode:' {mode:o} has more than permission bits"));
+    }
+    let size = number("Size:", 10)?;
+    let kind = match field("Type:")? {
         "regular" => Kind::File(size),
         "directory" => Kind::Dir,
         "symlink" => Kind::Symlink,
@@ -390,7 +446,74 @@ fn parse_stat(text: &str) -> Stat {
         .lines()
         .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
         .map(|s| s.trim().trim_matches('"').to_owned());
-    Stat { kind, mode, uid: field("User:").parse().unwrap_or(0), gid: field("Group:").parse().unwrap_or(0), fast_link }
+    Ok(Stat { kind, mode: mode as u32, uid, gid, fast_link })
+}
+
+/// Splits the output of one session of `stat` commands into one answer per path. Each
+/// command is echoed as `debugfs: stat PATH`; a path that does not exist prints nothing
+/// there and one "File not found" line on stderr (`not_found` of them in all). Echoes out
+/// of order, missing or extra, or a count of empty answers that differs from the not-found
+/// lines are errors.
+pub fn parse_stat_session(text: &str, paths: &[String], not_found: usize) -> Result<Vec<Option<Stat>>, String> {
+    let mut sections: Vec<(&str, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(cmd) = line.strip_prefix("debugfs: ") {
+            sections.push((cmd, String::new()));
+        } else if let Some((_, body)) = sections.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        } else if !line.trim().is_empty() {
+            return Err(format!("output {line:?} before the first command"));
+        }
+    }
+    if sections.len() != paths.len() {
+        return Err(format!("{} commands echoed for {} paths", sections.len(), paths.len()));
+    }
+    let mut out = Vec::new();
+    for ((cmd, body), path) in sections.iter().zip(paths) {
+        let want = format!("stat {}", quote(path));
+        if cmd.trim_end() != want {
+            return Err(format!("echo {cmd:?} where {want:?} was expected"));
+        }
+        if body.trim().is_empty() {
+            out.push(None);
+        } else {
+            out.push(Some(parse_stat(body).map_err(|e| format!("{path}: {e}"))?));
+        }
+    }
+    let empty = out.iter().filter(|s| s.is_none()).count();
+    if empty != not_found {
+        return Err(format!("{empty} paths printed nothing but debugfs reported {not_found} as not found"));
+    }
+    Ok(out)
+}
+
+/// Parses `ls -p`: one `/INODE/MODE/UID/GID/NAME/SIZE/` line per entry (SIZE empty for
+/// directories). A directory always lists `.`, so output without it was not understood.
+pub fn parse_ls(text: &str) -> Result<Vec<DirEntry>, String> {
+    let mut entries = Vec::new();
+    let mut dot = false;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split('/').collect();
+        let bad = || format!("unrecognised directory entry {line:?}");
+        if f.len() != 8 || !f[0].is_empty() || !f[7].is_empty() || f[5].is_empty() {
+            return Err(bad());
+        }
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        if !digits(f[1]) || !digits(f[3]) || !digits(f[4]) || !(f[6].is_empty() || digits(f[6])) {
+            return Err(bad());
+        }
+        let mode = u32::from_str_radix(f[2], 8).map_err(|_| bad())?;
+        match f[5] {
+            "." => dot = true,
+            ".." => {}
+            name => entries.push(DirEntry { name: name.to_owned(), mode }),
+        }
+    }
+    if !dot {
+        return Err("no '.' entry, which every directory listing has".into());
+    }
+    Ok(entries)
 }
 
 /// Where a system tool is: on `PATH`, else in the sbin directories, which an unprivileged
@@ -527,7 +650,7 @@ mod tests {
     #[test]
     fn parses_extent_maps() {
         let out = "debugfs: ex -l /a\nLevel Entries       Logical      Physical Length Flags\n 0/ 0   1/  1     0 - 12207  4852 - 17059  12208 Uninit\n 1/ 1   2/  3 12208 - 12208 20000 - 20000      1 \ndebugfs: sif /b size 1\n";
-        let ex = parse_extents(extents_section(out, "/a"));
+        let ex = parse_extents(extents_section(out, "/a").unwrap()).unwrap();
         assert_eq!(
             ex,
             [
@@ -535,7 +658,98 @@ mod tests {
                 Extent { lblk: 12208, pblk: 20000, len: 1, uninit: false }
             ]
         );
-        assert!(extents_section(out, "/b").is_empty());
+        assert!(extents_section(out, "/b").is_none());
+        assert_eq!(parse_extents("Level Entries       Logical      Physical Length Flags\n"), Ok(vec![]));
+    }
+
+    const STAT: &str = "Inode: 14   Type: regular    Mode:  0644   Flags: 0x80000\nGeneration: 0    Version: 0x00000000:00000000\nUser:     0   Group:     0   Project:     0   Size: 4096\nFile ACL: 0\nLinks: 1   Blockcount: 8\nFragment:  Address: 0    Number: 0    Size: 0\n";
+
+    #[test]
+    fn garbled_extent_maps_are_errors() {
+        let header = "Level Entries       Logical      Physical Length Flags\n";
+        for (text, want) in [
+            ("", "no extent header"),
+            ("f: does not uses extent block maps\n", "before the extent header"),
+            (" 0/ 0   1/  1     0 - 9  4852 - 4861  10\n", "before the extent header"),
+            (&format!("{header} 0/ 0   1/  1     0 - 9  4852 - 4861\n"), "unrecognised extent row"),
+            (&format!("{header} 0/ 0   1/  1     0 - 9  4852 - 4861  10 Weird\n"), "unrecognised extent row"),
+            (&format!("{header} 0/ 0   1/  1     0 - 9  4852 - 4861  11\n"), "do not hold 11 blocks"),
+            (&format!("{header} 0/ 0   1/  1     9 - 0  4852 - 4861  10\n"), "do not hold 10 blocks"),
+            (&format!("{header} 0/ 0   1/  1     0 - 9  x - 4861  10\n"), "unrecognised extent row"),
+            (&format!("{header} a/ 0   1/  1     0 - 9  4852 - 4861  10\n"), "unrecognised extent row"),
+            (&format!("{header}{header}"), "a second extent header"),
+            (
+                &format!("{header} 0/ 0   1/  1     0 - 18446744073709551615  0 - 18446744073709551615  0\n"),
+                "do not hold 0",
+            ),
+        ] {
+            let err = parse_extents(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        // Wide counters run together; the row still parses.
+        let ex = parse_extents(&format!("{header}12/345 678/910 0 - 0 7 - 7 1 Uninit\n")).unwrap();
+        assert_eq!(ex, [Extent { lblk: 0, pblk: 7, len: 1, uninit: true }]);
+    }
+
+    #[test]
+    fn stat_needs_every_field_it_decides_on() {
+        let st = parse_stat(STAT).unwrap();
+        assert_eq!((st.kind, st.mode, st.uid, st.gid), (Kind::File(4096), 0o644, 0, 0));
+        // Truncated before the owner: never read as root.
+        let cut = &STAT[..STAT.find("User:").unwrap()];
+        assert_eq!(parse_stat(cut).unwrap_err(), "no 'User:' field");
+        assert_eq!(parse_stat("").unwrap_err(), "no 'Inode:' field");
+        assert!(parse_stat(&STAT.replace("User:     0", "User:     root"))
+            .unwrap_err()
+            .contains("'User:' is \"root\""));
+        assert!(parse_stat(&STAT.replace("0644", "0x1a4")).unwrap_err().contains("'Mode:'"));
+        assert!(parse_stat(&STAT.replace("0644", "170644")).unwrap_err().contains("more than permission bits"));
+        assert!(parse_stat(&STAT.replace("Group:     0", "Group:     99999999999")).unwrap_err().contains("too large"));
+        assert!(parse_stat(&STAT.replace("Size: 4096", "Size: -1")).unwrap_err().contains("'Size:'"));
+    }
+
+    #[test]
+    fn stat_sessions_must_answer_every_path_in_order() {
+        let paths = ["/a".to_owned(), "/b".to_owned()];
+        let session = format!("debugfs: stat /a\n{STAT}debugfs: stat /b\n");
+        let got = parse_stat_session(&session, &paths, 1).unwrap();
+        assert!(got[0].is_some() && got[1].is_none());
+        for (text, not_found, want) in [
+            (format!("debugfs: stat /a\n{STAT}"), 0, "1 commands echoed for 2 paths"),
+            (format!("debugfs: stat /b\n{STAT}debugfs: stat /a\n"), 1, "where \"stat /a\" was expected"),
+            (session.clone(), 0, "1 paths printed nothing but debugfs reported 0 as not found"),
+            (format!("junk\n{session}"), 1, "before the first command"),
+            ("debugfs: stat /a\nInode: 12\ndebugfs: stat /b\n".to_owned(), 1, "/a: no 'User:' field"),
+            // A link target with a newline cannot pose as another answer.
+            (
+                format!("debugfs: stat /a\n{STAT}Fast link dest: \"x\ndebugfs: stat /b\n\"\ndebugfs: stat /b\n"),
+                1,
+                "3 commands echoed",
+            ),
+        ] {
+            let err = parse_stat_session(&text, &paths, not_found).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn directory_listings_must_be_understood() {
+        let ls = "/13/040755/0/0/.//\n/2/040755/0/0/..//\n/14/120777/0/0/l/4/\n/15/100644/0/0/f/0/\n\n";
+        let entries = parse_ls(ls).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(entries[0].is_symlink() && entries[0].name == "l");
+        for (text, want) in [
+            ("", "no '.' entry"),
+            ("/2/040755/0/0/..//\n", "no '.' entry"),
+            ("/13/040755/0/0/.//\n/14/12x777/0/0/l/4/\n", "unrecognised directory entry"),
+            ("/13/040755/0/0/.//\n/14/120777/0/0/l/4\n", "unrecognised directory entry"),
+            ("/13/040755/0/0/.//\nl\n", "unrecognised directory entry"),
+            ("/13/040755/0/0/.//\n/14/120777/0/0//4/\n", "unrecognised directory entry"),
+            ("/13/040755/0/0/.//\n/14/120777/0/0/l/-4/\n", "unrecognised directory entry"),
+        ] {
+            let err = parse_ls(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

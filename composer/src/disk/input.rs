@@ -16,6 +16,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::scratch::{self, ScratchDir};
+
 /// What the input file is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -302,17 +304,16 @@ pub fn write_output(raw: &Path, format: OutputFormat, dest: &Path) -> Result<()>
 /// error leaves nothing behind.
 #[derive(Debug)]
 pub struct Staging {
-    dir: tempfile::TempDir,
+    dir: ScratchDir,
     out: PathBuf,
 }
 
 impl Staging {
-    /// Creates the scratch directory beside `out`.
+    /// Creates the scratch directory beside `out`, first removing those of killed runs.
     pub fn beside(out: &Path) -> Result<Self> {
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let dir = tempfile::Builder::new()
-            .prefix(".composer-")
-            .tempdir_in(parent)
+        scratch::sweep(parent, scratch::STAGING_PREFIX);
+        let dir = ScratchDir::new_in(parent, scratch::STAGING_PREFIX)
             .with_context(|| format!("creating a scratch directory in {}", parent.display()))?;
         Ok(Self { dir, out: out.to_owned() })
     }

@@ -54,6 +54,8 @@ pub struct Inspection {
     /// Architecture.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<Arch>,
+    /// systemd major version, `null` when it could not be determined.
+    pub systemd: Option<u32>,
     /// Why the target could not be fully recognised.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -74,7 +76,9 @@ pub fn inspect(image: &Path, overrides: &Overrides) -> Result<Inspection> {
     let raw = if format == InputFormat::Raw {
         image.to_owned()
     } else {
-        scratch = tempfile::tempdir().context("creating a scratch directory")?;
+        crate::scratch::sweep_temp();
+        scratch = crate::scratch::ScratchDir::new_temp(crate::scratch::INPUT_PREFIX)
+            .context("creating a scratch directory")?;
         let raw = scratch.path().join("disk.raw");
         input::materialize(image, format, &raw)?;
         raw
@@ -92,6 +96,7 @@ pub fn inspect(image: &Path, overrides: &Overrides) -> Result<Inspection> {
         root_partition: None,
         os_release: None,
         arch: None,
+        systemd: None,
         problem: None,
         extensions: Vec::new(),
         images: Vec::new(),
@@ -117,6 +122,7 @@ pub fn inspect(image: &Path, overrides: &Overrides) -> Result<Inspection> {
         Ok(t) => {
             out.os_release = Some(t.os_release.value);
             out.arch = Some(t.arch.value);
+            out.systemd = t.systemd.map(|s| s.value);
         }
         Err(e) => out.problem = Some(e.to_string()),
     }
@@ -179,10 +185,11 @@ impl Inspection {
         let Some(distro) = self.distro else { return s };
         let _ = writeln!(
             s,
-            "target:     {:?}, root in partition {}, architecture {}",
+            "target:     {:?}, root in partition {}, architecture {}, systemd {}",
             distro,
             self.root_partition.unwrap_or_default(),
-            self.arch.map(Arch::as_str).unwrap_or("?")
+            self.arch.map(Arch::as_str).unwrap_or("?"),
+            self.systemd.map_or_else(|| "unknown".to_owned(), |v| v.to_string())
         );
         if let Some(os) = &self.os_release {
             let fields: Vec<String> = ["ID", "VERSION_ID", "SYSEXT_LEVEL"]

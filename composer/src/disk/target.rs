@@ -92,6 +92,8 @@ pub struct Target {
     pub os_release: Sourced<ExtensionRelease>,
     /// The target's architecture.
     pub arch: Sourced<Arch>,
+    /// The target's systemd major version, when it could be determined.
+    pub systemd: Option<Sourced<u32>>,
 }
 
 impl Target {
@@ -145,6 +147,52 @@ pub enum TargetError {
         fs_size: u64,
         /// Partition size.
         part_size: u64,
+    },
+    /// Two candidates for the root: composer will not guess which one boots.
+    #[error("{}: {what}: {candidates}; refusing to guess which one the system boots from{hint}", image.display())]
+    Ambiguous {
+        /// Image.
+        image: PathBuf,
+        /// What was found twice.
+        what: &'static str,
+        /// The partitions found.
+        candidates: String,
+        /// What the user can do, if anything.
+        hint: &'static str,
+    },
+    /// The ext superblock's counts cannot be true.
+    #[error("{}: the ext4 superblock in {partition} is inconsistent: {problem}", image.display())]
+    BadSuperblock {
+        /// Image.
+        image: PathBuf,
+        /// Which partition.
+        partition: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Features composer cannot edit correctly.
+    #[error("{}: the ext4 filesystem in {partition} uses {features}, which composer cannot write into correctly: {reasons}", image.display())]
+    UnsupportedFeatures {
+        /// Image.
+        image: PathBuf,
+        /// Which partition.
+        partition: String,
+        /// The feature names.
+        features: String,
+        /// Why, per feature.
+        reasons: String,
+    },
+    /// Errors recorded, or not cleanly unmounted.
+    #[error("{}: the ext4 filesystem in {partition} {why}; repair a copy first (e2fsck -f 'COPY?offset={offset}') and compose from the copy", image.display())]
+    Unclean {
+        /// Image.
+        image: PathBuf,
+        /// Which partition.
+        partition: String,
+        /// What the superblock says.
+        why: String,
+        /// Byte offset of the partition, for the e2fsck device name.
+        offset: u64,
     },
     /// Unreplayed journal.
     #[error("{}: the ext4 filesystem in {partition} needs journal recovery (it was not cleanly unmounted); replay it first with e2fsck -fy on a copy", image.display())]
@@ -208,6 +256,8 @@ pub struct Overrides {
     pub os_release: Option<PathBuf>,
     /// `--arch`.
     pub arch: Option<Arch>,
+    /// `--systemd-version`.
+    pub systemd: Option<u32>,
 }
 
 fn summary(parts: &[ProbedPartition]) -> String {
@@ -240,7 +290,22 @@ pub fn detect(
             found: root.filesystem.kind.as_str(),
         });
     }
-    let ext = root.filesystem.ext.expect("ext4 has superblock info");
+    let Some(ext) = root.filesystem.ext else {
+        return Err(TargetError::BadSuperblock {
+            image: image.to_owned(),
+            partition: root.describe(),
+            problem: root.filesystem.problem.clone().unwrap_or_else(|| "unreadable".into()),
+        });
+    };
+    let unsupported = ext.features.unsupported();
+    if !unsupported.is_empty() {
+        return Err(TargetError::UnsupportedFeatures {
+            image: image.to_owned(),
+            partition: root.describe(),
+            features: unsupported.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+            reasons: unsupported.iter().map(|(n, why)| format!("{n}: {why}")).collect::<Vec<_>>().join("; "),
+        });
+    }
     if ext.size_bytes() > root.partition.size {
         return Err(TargetError::Oversized {
             image: image.to_owned(),
@@ -251,6 +316,14 @@ pub fn detect(
     }
     if ext.needs_recovery {
         return Err(TargetError::NeedsRecovery { image: image.to_owned(), partition: root.describe() });
+    }
+    if let Some(why) = ext.unclean() {
+        return Err(TargetError::Unclean {
+            image: image.to_owned(),
+            partition: root.describe(),
+            why,
+            offset: root.partition.offset,
+        });
     }
 
     // Where the target's /usr is: inside the root on Ubuntu, USR-A on Flatcar (whose
@@ -273,7 +346,11 @@ pub fn detect(
         Some(a) => Sourced { value: a, from: "--arch".into() },
         None => detect_arch(image, gpt, usr)?,
     };
-    Ok(Target { distro, root: root.clone(), os_release, arch })
+    let systemd = match overrides.systemd {
+        Some(v) => Some(Sourced { value: v, from: "--systemd-version".into() }),
+        None => detect_systemd(image, usr)?,
+    };
+    Ok(Target { distro, root: root.clone(), os_release, arch, systemd })
 }
 
 /// The partition composer would write into, by layout: the `ROOT` PARTLABEL (Flatcar) or
@@ -283,24 +360,47 @@ pub fn find_root<'a>(
     parts: &'a [ProbedPartition],
     choice: TargetChoice,
 ) -> Result<(Distro, &'a ProbedPartition), TargetError> {
-    let flatcar_root = parts.iter().find(|p| p.partition.label == FLATCAR_ROOT_LABEL);
-    let ubuntu_root = parts.iter().find(|p| p.filesystem.label.as_deref() == Some(UBUNTU_ROOT_FS_LABEL));
+    let only = |what: &'static str, found: Vec<&'a ProbedPartition>| match found[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(TargetError::Ambiguous {
+            image: image.to_owned(),
+            what,
+            candidates: found.iter().map(|p| p.describe()).collect::<Vec<_>>().join(" and "),
+            hint: "",
+        }),
+    };
+    let flatcar_root = only(
+        "several partitions are labelled ROOT",
+        parts.iter().filter(|p| p.partition.label == FLATCAR_ROOT_LABEL).collect(),
+    );
+    let ubuntu_root = only(
+        "several filesystems are labelled cloudimg-rootfs",
+        parts.iter().filter(|p| p.filesystem.label.as_deref() == Some(UBUNTU_ROOT_FS_LABEL)).collect(),
+    );
     let missing =
         |what, expected| TargetError::Missing { image: image.to_owned(), what, expected, found: summary(parts) };
     let (distro, root) = match choice {
         TargetChoice::Flatcar => (
             Distro::Flatcar,
-            flatcar_root
+            flatcar_root?
                 .ok_or_else(|| missing("partition with PARTLABEL ROOT", "Flatcar's ROOT (ext4, partition 9)"))?,
         ),
         TargetChoice::Ubuntu => (
             Distro::Ubuntu,
-            ubuntu_root.ok_or_else(|| {
+            ubuntu_root?.ok_or_else(|| {
                 missing("filesystem labelled cloudimg-rootfs", "Ubuntu's root filesystem (ext4, usually partition 1)")
             })?,
         ),
-        TargetChoice::Auto => match (flatcar_root, ubuntu_root) {
-            (Some(r), _) => (Distro::Flatcar, r),
+        TargetChoice::Auto => match (flatcar_root?, ubuntu_root?) {
+            (Some(f), Some(u)) => return Err(TargetError::Ambiguous {
+                image: image.to_owned(),
+                what:
+                    "both a Flatcar root (PARTLABEL ROOT) and an Ubuntu root (filesystem cloudimg-rootfs) are present",
+                candidates: format!("{} and {}", f.describe(), u.describe()),
+                hint: "; pass --target flatcar or --target ubuntu",
+            }),
+            (Some(r), None) => (Distro::Flatcar, r),
             (None, Some(r)) => (Distro::Ubuntu, r),
             (None, None) => return Err(TargetError::Unrecognised { image: image.to_owned(), found: summary(parts) }),
         },
@@ -378,4 +478,31 @@ fn detect_arch(image: &Path, gpt: &Gpt, usr: Option<(&ProbedPartition, &str)>) -
         }
     }
     Err(TargetError::UnknownArch { image: image.to_owned() })
+}
+
+/// Where systemd keeps `libsystemd-shared-<version>.so`, relative to `/usr`: upstream's
+/// default (Ubuntu 22.04: 249), Gentoo's lib64 (Flatcar), and Debian's multiarch directory
+/// (Debian 12: 252, Ubuntu 24.04: 255).
+const SYSTEMD_LIB_DIRS: [&str; 4] =
+    ["/lib/systemd", "/lib64/systemd", "/lib/x86_64-linux-gnu/systemd", "/lib/aarch64-linux-gnu/systemd"];
+
+/// The image's systemd version, from the name of its private library. Several versions
+/// (a leftover from an upgrade) count as the oldest, so a rule that needs a newer systemd is
+/// never assumed to hold.
+fn detect_systemd(image: &Path, usr: Option<(&ProbedPartition, &str)>) -> Result<Option<Sourced<u32>>, TargetError> {
+    let Some((part, prefix)) = usr.filter(|(p, _)| p.filesystem.kind.is_ext()) else { return Ok(None) };
+    let fs = Ext::new(image, part.partition.offset);
+    let mut found: Vec<(u32, String)> = Vec::new();
+    for dir in SYSTEMD_LIB_DIRS {
+        let dir = format!("{prefix}{dir}");
+        for e in fs.list(&dir)?.unwrap_or_default() {
+            if let Some(v) = sysext_model::compat::systemd_version_of_library(&e.name) {
+                found.push((v, format!("{dir}/{}", e.name)));
+            }
+        }
+    }
+    found.sort();
+    let Some((value, _)) = found.first().cloned() else { return Ok(None) };
+    let files: Vec<&str> = found.iter().map(|(_, f)| f.as_str()).collect();
+    Ok(Some(Sourced { value, from: format!("{}:{}", part.describe(), files.join(", ")) }))
 }
