@@ -181,10 +181,18 @@ fn installs_the_verified_private_copy() {
         composer::source::ResolveOptions::default(),
     )
     .unwrap();
-    assert_ne!(resolved.path, original);
-    assert!(resolved.path.parent().unwrap().file_name().unwrap().to_string_lossy().starts_with("composer-extension-"));
+    assert_eq!(resolved.path, original, "the report names the file given");
+    assert_ne!(resolved.verified_copy, original);
+    assert!(resolved
+        .verified_copy
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("composer-extension-"));
     std::fs::write(&original, b"replaced after it was verified").unwrap();
-    assert_eq!(sha256(&resolved.path), want);
+    assert_eq!(sha256(&resolved.verified_copy), want);
     assert_eq!(resolved.sha256.to_string(), want);
     let gpt = composer::disk::gpt::Gpt::read(&disk.path).unwrap();
     let parts = composer::disk::target::probe_partitions(&disk.path, &gpt).unwrap();
@@ -200,7 +208,7 @@ fn installs_the_verified_private_copy() {
         composer::compose::Verdict { extension: resolved.clone(), accepted: sysext_model::compat::Accepted::AnyId };
     let plan = composer::compose::node_plan(&target, &[verdict], None);
     let (_, planned) = plan.images().next().unwrap();
-    assert_eq!(planned.source, composer::plan::ImageSource::Local(resolved.path.clone()));
+    assert_eq!(planned.source, composer::plan::ImageSource::Local(resolved.verified_copy.clone()));
     drop(resolved);
 
     // The binary: what landed in the image is what the report says was verified.
@@ -211,8 +219,7 @@ fn installs_the_verified_private_copy() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let ext = &report["extensions"][0]["extension"];
     assert_eq!(ext["sha256"], want);
-    assert_ne!(ext["path"].as_str().unwrap(), original.to_str().unwrap(), "the report names the private copy");
-    assert!(!Path::new(ext["path"].as_str().unwrap()).exists(), "the private copy is removed after the run");
+    assert_eq!(ext["path"].as_str().unwrap(), original.to_str().unwrap(), "the report names the file given");
     let dumped = work.path().join("dumped.raw");
     let file = original.file_name().unwrap().to_string_lossy().into_owned();
     dump(&out, disk.root_offset, &format!("/opt/extensions/kubernetes/{file}"), &dumped);
