@@ -6,7 +6,7 @@
 //! partitions; [`target`] recognises the distribution and reads its os-release; [`compat`]
 //! applies systemd-sysext's matching rules; [`e2fs`] writes into the ext4 root with debugfs
 //! and checks it with e2fsck; [`compose`] orders all of it so nothing is published unless
-//! every step succeeded.
+//! every step succeeded. [`serve`] serves a published release over HTTP(S).
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -17,5 +17,6 @@ pub mod fsprobe;
 pub mod gpt;
 pub mod input;
 pub mod inspect;
+pub mod serve;
 pub mod source;
 pub mod target;
