@@ -110,6 +110,7 @@ pub enum ServeError {
 pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let release = Release::open(&opts.release_dir)?;
     let tls = opts.tls.as_ref().map(|t| tls::acceptor(&t.cert, &t.key)).transpose()?;
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("composer-serve")
@@ -119,6 +120,17 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     // Blocking reads of abandoned downloads are not worth waiting for.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Every connection holds a socket, and every download a file: lift the soft descriptor limit
+/// to the hard one (as nginx's `worker_rlimit_nofile` and Go's runtime do), so a default soft
+/// limit of 1024 does not cap concurrent clients.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current < limit.maximum.or(Some(u64::MAX)) {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+    }
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {

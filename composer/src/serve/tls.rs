@@ -26,7 +26,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         .collect::<Result<_, _>>()
         .map_err(|e| cert_err(pem_reason(&e, "certificate")))?;
     if chain.is_empty() {
-        return Err(cert_err("no PEM CERTIFICATE block in the file".into()));
+        return Err(cert_err("no PEM certificate in the file".into()));
     }
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError { path: key.to_owned(), reason: pem_reason(&e, "private key") })?;
