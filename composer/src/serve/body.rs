@@ -17,9 +17,10 @@ use tokio::task::JoinHandle;
 
 use super::log::{AccessLog, RequestRecord};
 
-/// Files up to this size (or ranges up to it) are read at once, in the handler: from the page
-/// cache that takes microseconds, and saves a round trip through the blocking pool for
-/// `index.json`, `SHA256SUMS` and signatures.
+/// Files up to this size are read whole when they are opened, in the handler: from the page
+/// cache that takes microseconds, and it saves a round trip through the blocking pool for
+/// `index.json`, `SHA256SUMS`, transfer files and signatures (and in a managed release the
+/// bytes are kept with the open file).
 pub const INLINE_MAX: u64 = 128 * 1024;
 
 /// Larger files are read in chunks of this size on the blocking pool, one chunk ahead of the
@@ -73,14 +74,11 @@ impl ResponseBody {
     }
 
     /// Bytes `start..end` of `file`, read as the connection asks for them.
-    pub fn file(file: File, start: u64, end: u64, pending: Pending) -> Self {
+    pub fn file(file: Arc<File>, start: u64, end: u64, pending: Pending) -> Self {
         if start >= end {
             return Self::empty(pending);
         }
-        Self::new(
-            Inner::File(FileStream { file: Arc::new(file), next: start, end, left: end - start, read: None }),
-            pending,
-        )
+        Self::new(Inner::File(FileStream { file, next: start, end, left: end - start, read: None }), pending)
     }
 }
 

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::os::fd::OwnedFd;
 
 use release_index::index::{Index, MAX_INDEX_BYTES};
 use release_index::ImageName;
@@ -24,41 +24,17 @@ use signing::Sha256Digest;
 
 use super::conditional::ETag;
 use super::files::{self, RelPath};
-use super::release::Generation;
+use super::generation::Generation;
 
 /// `(size, sha256)` of every image one index lists, by file name.
-type Digests = HashMap<String, (u64, Sha256Digest)>;
+pub type Digests = HashMap<String, (u64, Sha256Digest)>;
 
-/// `(serial, dev, inode)` of a generation directory.
-type GenerationKey = (u64, u64, u64);
-
-/// The image digests of the generation most recently asked about. A generation's index never
-/// changes, so one parse serves every request until the next publish.
-#[derive(Debug, Default)]
-pub struct IndexDigests {
-    cached: Mutex<Option<(GenerationKey, Arc<Digests>)>>,
-}
-
-impl IndexDigests {
-    fn get(&self, generation: &Generation, serial: u64) -> Option<Arc<Digests>> {
-        let dir = rustix::fs::fstat(&generation.dir).ok()?;
-        let key = (serial, dir.st_dev, dir.st_ino);
-        if let Some((k, d)) = self.cached.lock().ok()?.as_ref() {
-            if *k == key {
-                return Some(d.clone());
-            }
-        }
-        // An index that cannot be read or parsed gives no digests: the metadata tags still
-        // apply, and verify-release is the tool that reports a broken index.
-        let digests = Arc::new(load(generation).unwrap_or_default());
-        *self.cached.lock().ok()? = Some((key, digests.clone()));
-        Some(digests)
-    }
-}
-
-fn load(generation: &Generation) -> Option<Digests> {
+/// Reads the digests from the `index.json` in `dir`. An index that cannot be read or parsed
+/// gives none: the metadata tags still apply, and verify-release is the tool that reports a
+/// broken index.
+pub fn load_digests(dir: &OwnedFd) -> Option<Digests> {
     let rel = RelPath::from_request(&format!("/{}", release_index::layout::INDEX)).ok()?;
-    let file = files::open_regular(&generation.dir, &rel).ok()?;
+    let file = files::open_regular(dir, &rel).ok()?;
     let mut bytes = Vec::new();
     file.file.take(MAX_INDEX_BYTES + 1).read_to_end(&mut bytes).ok()?;
     let index = Index::parse(&bytes).ok()?;
@@ -71,17 +47,15 @@ fn ns(secs: i64, nsecs: i64) -> i128 {
 
 /// The entity tag of a file opened from `generation`; `image` is what the path names, if an
 /// image.
-pub fn etag(generation: &Generation, image: Option<&ImageName>, stat: &Stat, digests: &IndexDigests) -> ETag {
+pub fn etag(generation: &Generation, image: Option<&ImageName>, stat: &Stat) -> ETag {
     let mtime = ns(stat.st_mtime, stat.st_mtime_nsec as i64);
     let (dev, ino, size) = (stat.st_dev, stat.st_ino, stat.st_size);
     match generation.serial {
         Some(serial) => {
-            if let Some(image) = image {
-                let listed = digests.get(generation, serial).and_then(|d| d.get(&image.to_string()).copied());
-                if let Some((listed_size, sha256)) = listed {
-                    if i64::try_from(listed_size).is_ok_and(|s| s == size) {
-                        return ETag::new(&format!("sha256-{}", sha256.to_hex()));
-                    }
+            let listed = image.and_then(|image| generation.digests().get(&image.to_string()).copied());
+            if let Some((listed_size, sha256)) = listed {
+                if i64::try_from(listed_size).is_ok_and(|s| s == size) {
+                    return ETag::new(&format!("sha256-{}", sha256.to_hex()));
                 }
             }
             ETag::new(&format!("{serial}-{dev:x}-{ino:x}-{size:x}-{mtime:x}"))

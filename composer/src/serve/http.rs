@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{
@@ -11,11 +11,10 @@ use http::header::{
 };
 use http::{Method, Request, Response, StatusCode};
 
-use super::body::{self, Pending, ResponseBody};
-use super::conditional::{self, Precondition, Ranged, Validators};
+use super::body::{Pending, ResponseBody};
+use super::conditional::{self, Precondition, Ranged};
 use super::content;
-use super::etag::{self, IndexDigests};
-use super::files::{self, OpenError, OpenFile, PathRefusal, RelPath};
+use super::files::{OpenError, PathRefusal, RelPath};
 use super::log::{AccessLog, RequestRecord};
 use super::release::Release;
 
@@ -23,7 +22,6 @@ use super::release::Release;
 #[derive(Debug)]
 pub struct Service {
     release: Release,
-    digests: IndexDigests,
     log: Arc<AccessLog>,
 }
 
@@ -39,7 +37,7 @@ enum Body {
     Empty,
     Text(&'static str),
     Buffer(Bytes),
-    File { file: std::fs::File, start: u64, end: u64 },
+    File { file: Arc<std::fs::File>, start: u64, end: u64 },
 }
 
 fn value(s: &str) -> HeaderValue {
@@ -73,7 +71,7 @@ impl Answer {
 impl Service {
     /// A service for `release`, logging to `log`.
     pub fn new(release: Release, log: Arc<AccessLog>) -> Self {
-        Self { release, digests: IndexDigests::default(), log }
+        Self { release, log }
     }
 
     /// Answers one request; never fails (errors are responses).
@@ -136,23 +134,20 @@ impl Service {
             }
         };
         *generation = current.serial;
-        let OpenFile { file, stat } = match files::open_regular(&current.dir, &rel) {
-            Ok(f) => f,
+        let entry = match current.open(&rel) {
+            Ok(e) => e,
             Err(e @ OpenError::Io(_)) => return Answer::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             Err(e) => return Answer::error(StatusCode::NOT_FOUND, e.to_string()),
         };
-        let len = u64::try_from(stat.st_size).unwrap_or(0);
-        let image = content::image(&rel);
-        let mtime = UNIX_EPOCH + Duration::from_secs(u64::try_from(stat.st_mtime).unwrap_or(0));
-        let validators = Validators::new(etag::etag(&current, image.as_ref(), &stat, &self.digests), mtime);
         drop(current);
+        let (validators, len) = (&entry.validators, entry.len);
 
         let mut headers = vec![
             (ETAG, value(validators.etag.as_str())),
             (LAST_MODIFIED, value(&validators.last_modified_header())),
             (CACHE_CONTROL, HeaderValue::from_static(content::cache_control(&rel))),
         ];
-        match conditional::preconditions(req.headers(), &validators) {
+        match conditional::preconditions(req.headers(), validators) {
             Precondition::Proceed => {}
             Precondition::NotModified => {
                 return Answer { status: StatusCode::NOT_MODIFIED, headers, body: Body::Empty, note: None }
@@ -166,7 +161,7 @@ impl Service {
         headers.push((CONTENT_TYPE, HeaderValue::from_static(content::content_type(&rel))));
         headers.push((X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")));
         // Range is defined for GET only (RFC 9110 §14.2); HEAD answers as a plain GET would.
-        let ranged = if head { Ranged::Full } else { conditional::range(req.headers(), &validators, len) };
+        let ranged = if head { Ranged::Full } else { conditional::range(req.headers(), validators, len) };
         let (status, start, end) = match ranged {
             Ranged::Full => (StatusCode::OK, 0, len),
             Ranged::Partial { start, end } => {
@@ -180,17 +175,10 @@ impl Service {
             }
         };
         headers.push((CONTENT_LENGTH, HeaderValue::from(end - start)));
-        let body = if head {
-            Body::Empty
-        } else if end - start <= body::INLINE_MAX {
-            match body::read_at(&file, start, end - start) {
-                Ok(b) => Body::Buffer(b),
-                Err(e) => {
-                    return Answer::error(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {rel}: {e}"));
-                }
-            }
-        } else {
-            Body::File { file, start, end }
+        let body = match &entry.content {
+            _ if head => Body::Empty,
+            Some(bytes) => Body::Buffer(bytes.slice(start as usize..end as usize)),
+            None => Body::File { file: entry.file.clone(), start, end },
         };
         Answer { status, headers, body, note: None }
     }

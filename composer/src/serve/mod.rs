@@ -20,6 +20,7 @@ mod conditional;
 mod content;
 mod etag;
 mod files;
+mod generation;
 mod http;
 mod log;
 mod release;

@@ -10,10 +10,13 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustix::fs::{AtFlags, FileType};
 
 use super::files;
+use super::generation::{DirId, Generation};
 
 /// The release directory being served.
 #[derive(Debug)]
@@ -24,6 +27,8 @@ pub enum Release {
         link: PathBuf,
         /// The directory holding the generations.
         store: PathBuf,
+        /// The generation most recently served, with the files opened from it.
+        current: RwLock<Option<Arc<Generation>>>,
     },
     /// A directory served as it is.
     Plain {
@@ -51,15 +56,6 @@ pub enum ReleaseError {
         /// Why.
         reason: String,
     },
-}
-
-/// The directory one request is answered from.
-#[derive(Debug)]
-pub struct Generation {
-    /// The directory (an `O_PATH` descriptor).
-    pub dir: OwnedFd,
-    /// The publish serial, for managed releases.
-    pub serial: Option<u64>,
 }
 
 /// Why a request cannot be answered from the release right now (503).
@@ -100,7 +96,7 @@ impl Release {
                     target.display()
                 )));
             }
-            Release::Managed { link: path.clone(), store }
+            Release::Managed { link: path.clone(), store, current: RwLock::new(None) }
         } else if meta.is_dir() {
             Release::Plain { dir: path.clone() }
         } else {
@@ -117,17 +113,18 @@ impl Release {
     }
 
     /// The generation (or plain directory) to answer one request from.
-    pub fn current(&self) -> Result<Generation, Unavailable> {
+    pub fn current(&self) -> Result<Arc<Generation>, Unavailable> {
         match self {
             Release::Plain { dir } => files::open_dir(dir)
-                .map(|dir| Generation { dir, serial: None })
+                .map(|fd| Arc::new(Generation::plain(fd)))
                 .map_err(|e| Unavailable(format!("{}: {e}", dir.display()))),
-            Release::Managed { link, store } => {
+            Release::Managed { link, store, current } => {
                 let store_name = store.file_name().unwrap_or_default().to_string_lossy();
                 // Two publishes between reading the link and opening its target could prune
                 // that generation; read the link again then.
                 let mut attempts = 3;
                 loop {
+                    attempts -= 1;
                     let target = rustix::fs::readlink(link.as_path(), Vec::with_capacity(64))
                         .map_err(|e| Unavailable(format!("reading the release link {}: {e}", link.display())))?;
                     let serial = serial_of(target.as_bytes(), &store_name).ok_or_else(|| {
@@ -137,12 +134,38 @@ impl Release {
                             String::from_utf8_lossy(target.as_bytes())
                         ))
                     })?;
-                    let generation = store.join(format!("{serial:010}"));
-                    match files::open_dir_nofollow(&generation) {
-                        Ok(dir) => return Ok(Generation { dir, serial: Some(serial) }),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound && attempts > 1 => attempts -= 1,
-                        Err(e) => return Err(Unavailable(format!("{}: {e}", generation.display()))),
+                    let path = store.join(format!("{serial:010}"));
+                    let unavailable = |e: &dyn fmt::Display| Unavailable(format!("{}: {e}", path.display()));
+                    let stat = match rustix::fs::statat(rustix::fs::CWD, &path, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(stat) => stat,
+                        Err(rustix::io::Errno::NOENT) if attempts > 0 => continue,
+                        Err(e) => return Err(unavailable(&e)),
+                    };
+                    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+                        return Err(unavailable(&"not a directory"));
                     }
+                    let id = DirId::of(&stat);
+                    if let Some(g) = current.read().ok().and_then(|c| c.clone()) {
+                        if g.serial == Some(serial) && g.id == Some(id) {
+                            return Ok(g);
+                        }
+                    }
+                    let fd = match files::open_dir_nofollow(&path) {
+                        Ok(fd) => fd,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound && attempts > 0 => continue,
+                        Err(e) => return Err(unavailable(&e)),
+                    };
+                    // Replaced between the stat and the open: look again.
+                    match rustix::fs::fstat(&fd) {
+                        Ok(s) if DirId::of(&s) == id => {}
+                        _ if attempts > 0 => continue,
+                        _ => return Err(unavailable(&"changed while being opened")),
+                    }
+                    let g = Arc::new(Generation::managed(fd, serial, id));
+                    if let Ok(mut c) = current.write() {
+                        *c = Some(g.clone());
+                    }
+                    return Ok(g);
                 }
             }
         }
