@@ -7,12 +7,14 @@ use std::future::Future as _;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use rustix::io::{Errno, ReadWriteFlags};
 use tokio::task::JoinHandle;
 
 use super::log::{AccessLog, RequestRecord};
@@ -23,9 +25,50 @@ use super::log::{AccessLog, RequestRecord};
 /// bytes are kept with the open file).
 pub const INLINE_MAX: u64 = 128 * 1024;
 
-/// Larger files are read in chunks of this size on the blocking pool, one chunk ahead of the
-/// socket: big enough that the per-chunk hand-off is noise next to copying the bytes.
-const CHUNK: u64 = 512 * 1024;
+/// Larger files are read in chunks of this size as the connection asks for them: big enough
+/// that the per-chunk overhead is noise next to copying the bytes, small enough that a
+/// thousand concurrent downloads hold a quarter of a gigabyte at most.
+const CHUNK: u64 = 256 * 1024;
+
+/// Chunk buffers kept for reuse. A fresh buffer per chunk costs a page fault per 4 KiB and a
+/// memset (a fifth of the CPU time of a download, measured); a reused one costs neither.
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// At most this many idle buffers (64 × 256 KiB = 16 MiB) are kept.
+const POOL_MAX: usize = 64;
+
+/// A chunk buffer that goes back to [`POOL`] when the connection is done with it.
+struct Pooled {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if let Ok(mut pool) = POOL.lock() {
+            if pool.len() < POOL_MAX {
+                pool.push(buf);
+            }
+        }
+    }
+}
+
+/// Reads `len` (at most [`CHUNK`]) bytes at `offset` into a pooled buffer.
+fn read_chunk(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    let mut buf = POOL.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(CHUNK as usize, 0);
+    }
+    file.read_exact_at(&mut buf[..len], offset)?;
+    Ok(Bytes::from_owner(Pooled { buf, len }))
+}
 
 /// What the log line needs besides what the body counts.
 #[derive(Debug)]
@@ -92,7 +135,7 @@ pub fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
 #[derive(Debug)]
 struct FileStream {
     file: Arc<File>,
-    /// Offset of the next chunk to read.
+    /// Offset of the next byte to read.
     next: u64,
     end: u64,
     /// Bytes not yet handed to the connection.
@@ -100,35 +143,66 @@ struct FileStream {
     read: Option<JoinHandle<io::Result<Bytes>>>,
 }
 
-impl FileStream {
-    fn start_read(&mut self) {
-        if self.next >= self.end {
-            return;
-        }
-        let len = CHUNK.min(self.end - self.next);
-        let (file, offset) = (self.file.clone(), self.next);
-        self.read = Some(tokio::task::spawn_blocking(move || read_at(&file, offset, len)));
-        self.next += len;
-    }
+/// Set when a file system refuses `RWF_NOWAIT`, so every chunk goes to the blocking pool.
+static NO_NOWAIT: AtomicBool = AtomicBool::new(false);
 
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        if self.read.is_none() {
-            if self.left == 0 {
-                return Poll::Ready(None);
-            }
-            self.start_read();
+/// Reads up to `len` bytes at `offset` only if they are in the page cache (`preadv2` with
+/// `RWF_NOWAIT`): `Ok(None)` means the read would wait for the disk.
+fn read_cached(file: &File, offset: u64, len: u64) -> io::Result<Option<Bytes>> {
+    if NO_NOWAIT.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    let mut buf = POOL.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(CHUNK as usize, 0);
+    }
+    let read = rustix::io::preadv2(file, &mut [io::IoSliceMut::new(&mut buf[..len])], offset, ReadWriteFlags::NOWAIT);
+    match read {
+        Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+        Ok(n) => Ok(Some(Bytes::from_owner(Pooled { buf, len: n }))),
+        Err(Errno::AGAIN) => Ok(None),
+        Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => {
+            NO_NOWAIT.store(true, Ordering::Relaxed);
+            Ok(None)
         }
-        let Some(read) = self.read.as_mut() else { return Poll::Ready(None) };
-        let result = ready!(Pin::new(read).poll(cx));
-        self.read = None;
-        let chunk = match result {
-            Ok(Ok(chunk)) => chunk,
-            Ok(Err(e)) => return Poll::Ready(Some(Err(e))),
-            Err(e) => return Poll::Ready(Some(Err(io::Error::other(e)))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl FileStream {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let chunk = match self.read.as_mut() {
+            Some(read) => {
+                let result = ready!(Pin::new(read).poll(cx));
+                self.read = None;
+                match result {
+                    Ok(Ok(chunk)) => chunk,
+                    Ok(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Err(e) => return Poll::Ready(Some(Err(io::Error::other(e)))),
+                }
+            }
+            None => {
+                let len = CHUNK.min(self.end - self.next);
+                // From the page cache a chunk takes tens of microseconds: read it right here,
+                // as nginx does, and leave only reads that would wait for the disk to the
+                // blocking pool, so a cold disk never stalls the connections of a worker.
+                match read_cached(&self.file, self.next, len) {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => {
+                        let (file, offset) = (self.file.clone(), self.next);
+                        self.read = Some(tokio::task::spawn_blocking(move || read_chunk(&file, offset, len)));
+                        return self.poll_chunk(cx);
+                    }
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
+            }
         };
+        self.next += chunk.len() as u64;
         self.left -= chunk.len() as u64;
-        // Read the next chunk while the connection writes this one.
-        self.start_read();
         Poll::Ready(Some(Ok(chunk)))
     }
 }
@@ -190,5 +264,64 @@ impl Drop for ResponseBody {
             p.record.complete = self.done;
             p.log.request(&p.record);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    fn pending() -> Pending {
+        Pending {
+            log: Arc::new(AccessLog::new(super::super::log::LogFormat::Text)),
+            start: Instant::now(),
+            record: RequestRecord {
+                peer: "127.0.0.1:1".parse().unwrap(),
+                method: "GET".into(),
+                target: "/test".into(),
+                status: 200,
+                bytes: 0,
+                duration: std::time::Duration::ZERO,
+                complete: false,
+                generation: None,
+                note: None,
+            },
+        }
+    }
+
+    /// Polls `body` to its end on a runtime; the bytes, or the error that ended it.
+    fn collect(mut body: ResponseBody) -> io::Result<Vec<u8>> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async move {
+            let mut out = Vec::new();
+            while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                out.extend_from_slice(frame?.data_ref().unwrap());
+            }
+            assert!(body.is_end_stream());
+            Ok(out)
+        })
+    }
+
+    #[test]
+    fn streams_exact_ranges_from_the_page_cache_and_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..(3 * CHUNK + 17)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        for blocking in [false, true] {
+            NO_NOWAIT.store(blocking, Ordering::Relaxed);
+            for (start, end) in [(0, data.len() as u64), (5, CHUNK + 9), (CHUNK, 2 * CHUNK)] {
+                let body = ResponseBody::file(file.clone(), start, end, pending());
+                assert_eq!(body.size_hint().exact(), Some(end - start));
+                let got = collect(body).unwrap();
+                assert!(got == data[start as usize..end as usize], "blocking {blocking}: {start}..{end}");
+            }
+            // A file that shrank under us ends the body with an error, never a short body.
+            let short = ResponseBody::file(file.clone(), 0, data.len() as u64 + CHUNK, pending());
+            assert_eq!(collect(short).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        }
+        NO_NOWAIT.store(false, Ordering::Relaxed);
     }
 }
