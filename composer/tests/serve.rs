@@ -813,6 +813,10 @@ fn access_log_one_line_per_request_as_text_or_json() {
     assert_eq!(&fields[2..6], ["GET", "/index.json", "200", &index_len.to_string()], "{line}");
     assert!(fields[6].ends_with("ms") && fields[7] == "gen=0000000001", "{line}");
     assert!(server.request_line("/missing").contains("404 10 "), "{}", server.request_line("/missing"));
+    let head = raw(server.addr, b"HEAD /gone HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((head.status, head.body.len()), (404, 0));
+    let line = server.request_line("/gone");
+    assert!(line.contains("HEAD /gone 404 0 ") && !line.contains("aborted"), "{line}");
     drop(server);
 
     let server = Server::start(&r.link(), &["--log-format", "json"]);

@@ -1,5 +1,9 @@
 //! Validators, conditional requests and byte ranges (RFC 9110 §8.8, §13, §14), as pure
 //! functions over header values so each rule is tested on its own.
+//!
+//! The entity tag is the exact validator. `Last-Modified` has HTTP's one-second resolution:
+//! a file replaced within the second of its predecessor's mtime looks unmodified to a client
+//! that sends only `If-Modified-Since`, which is why `If-None-Match` takes precedence.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -101,7 +101,9 @@ impl Service {
                 note: answer.note,
             },
         };
-        let body = match answer.body {
+        // HEAD gets GET's headers (Content-Length included) and never a body.
+        let body = if req.method() == Method::HEAD { Body::Empty } else { answer.body };
+        let body = match body {
             Body::Empty => ResponseBody::empty(pending),
             Body::Text(t) => ResponseBody::buffer(Bytes::from_static(t.as_bytes()), pending),
             Body::Buffer(b) => ResponseBody::buffer(b, pending),
