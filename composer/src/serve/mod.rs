@@ -5,15 +5,15 @@
 //! The only async code of the workspace lives here, on a tokio runtime that [`run`] starts
 //! and stops. The pieces:
 //!
-//! * [`release`](self::release): which directory answers a request (the publish-managed
-//!   symlink is followed per request, so a publish takes effect at once and never mixes two
-//!   generations within one response);
-//! * [`files`](self::files): which paths are acceptable and opening exactly that regular file,
-//!   beneath the generation, without following symlinks;
-//! * [`conditional`](self::conditional) and [`etag`](self::etag): validators, `If-*` headers
-//!   and byte ranges; [`content`](self::content): media types and `Cache-Control`;
-//! * [`http`](self::http) and [`body`](self::body): the response, streamed from the one file
-//!   descriptor it was opened with; [`log`](self::log): the access log; [`tls`](self::tls).
+//! * `release`: which directory answers a request (the publish-managed symlink is followed
+//!   per request, so a publish takes effect at once and never mixes two generations within
+//!   one response); `generation`: the files opened from it, kept while it is current;
+//! * `files`: which paths are acceptable, and opening exactly that regular file beneath the
+//!   generation without following symlinks;
+//! * `conditional` and `etag`: validators, `If-*` headers and byte ranges; `content`: media
+//!   types and `Cache-Control`;
+//! * `http` and `body`: the response, streamed from the one file it was opened with; `log`:
+//!   the access log; `tls`: rustls.
 
 mod body;
 mod conditional;
