@@ -7,8 +7,8 @@
 #
 # Measures requests/s on index.json and SHA256SUMS and MB/s on the image, in BENCH_ROUNDS
 # alternating rounds (default 5), and prints medians and composer/nginx ratios. Both servers
-# log every request to a file (one write per request each). Installs nginx, wrk and curl when
-# missing (apt, as root). Usage: bash bench/serve.sh
+# write an access log line per request, to /dev/null (one write(2) each). Installs nginx,
+# wrk and curl when missing (apt, as root). Usage: bash bench/serve.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -16,7 +16,7 @@ ROUNDS=${BENCH_ROUNDS:-5}
 DURATION=${BENCH_DURATION:-5s}
 SMALL_CONNS=${BENCH_SMALL_CONNECTIONS:-64}
 IMAGE_CONNS=${BENCH_IMAGE_CONNECTIONS:-8}
-W=${BENCH_WORK:-$ROOT/bench/work-serve}
+W=${BENCH_WORK:-$ROOT/bench/work/serve}
 PORT_COMPOSER=${BENCH_PORT:-18231}
 PORT_NGINX=$((PORT_COMPOSER + 1))
 VERSION=v1.31.3
@@ -51,6 +51,7 @@ if [ ! -e "$RELEASE/index.json" ]; then
   "$BAKERY" keygen --out "$W/keys" >/dev/null
   "$BAKERY" publish "$W/out/kubernetes-$VERSION-x86-64.raw" --to "$RELEASE" --key "$W/keys/private.pem" \
     --base-url "http://127.0.0.1:$PORT_COMPOSER/" >/dev/null
+  rm -rf "$W/mirror" "$W/cache" "$W/out" # only the release is needed from here on
 fi
 IMAGE=kubernetes-$VERSION-x86-64.raw
 IMAGE_BYTES=$(stat -L -c %s "$RELEASE/$IMAGE")
@@ -66,17 +67,16 @@ http {
   include /etc/nginx/mime.types;
   default_type application/octet-stream;
   types { text/plain SHA256SUMS; }
-  access_log $W/nginx-access.log;
+  access_log /dev/null;
   sendfile on;
   tcp_nopush on;
   keepalive_requests 1000000;
   server { listen 127.0.0.1:$PORT_NGINX; root $RELEASE; }
 }
 NGINX
-: > "$W/nginx-access.log"
 nginx -c "$W/nginx.conf" &
 NGINX_PID=$!
-"$COMPOSER" serve "$RELEASE" --listen "127.0.0.1:$PORT_COMPOSER" > "$W/composer.out" 2> "$W/composer-access.log" &
+"$COMPOSER" serve "$RELEASE" --listen "127.0.0.1:$PORT_COMPOSER" > "$W/composer.out" 2> /dev/null &
 COMPOSER_PID=$!
 cleanup() {
   kill "$NGINX_PID" "$COMPOSER_PID" 2>/dev/null || true

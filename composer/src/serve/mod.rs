@@ -30,6 +30,7 @@ use std::convert::Infallible;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 pub use self::log::LogFormat;
@@ -108,19 +110,163 @@ pub enum ServeError {
 
 /// Serves until SIGTERM or SIGINT, then lets in-flight requests finish (up to
 /// `shutdown_grace`) and returns. The first line on stdout is `listening on URL`.
+///
+/// Like nginx's worker processes, there is one single-threaded event loop per core, each
+/// accepting from the same listening socket: a loop that is busy is not waiting in `accept`,
+/// so new connections go to the idle ones, and no request ever hops between threads (which
+/// measured a tenth more CPU per request with a work-stealing runtime).
 pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let release = Release::open(&opts.release_dir)?;
     let tls = opts.tls.as_ref().map(|t| tls::acceptor(&t.cert, &t.key)).transpose()?;
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let setup = |what| move |source| ServeError::Setup { what, source };
+    let control =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(setup("starting the runtime"))?;
+    let log = Arc::new(AccessLog::new(opts.log_format));
+    let listen_err = |source| ServeError::Listen { addr: opts.listen, source };
+    let (listener, mut term, mut int) = {
+        let _entered = control.enter();
+        let listener = bind(opts.listen).map_err(listen_err)?.into_std().map_err(listen_err)?;
+        // Installed before the address is announced: a script may signal right after reading it.
+        let term = signal(SignalKind::terminate()).map_err(setup("installing signal handlers"))?;
+        let int = signal(SignalKind::interrupt()).map_err(setup("installing signal handlers"))?;
+        (listener, term, int)
+    };
+    let local = listener.local_addr().map_err(listen_err)?;
+    let url = format!("{}://{local}/", if tls.is_some() { "https" } else { "http" });
+
+    let shared = Arc::new(Shared {
+        service: Service::new(release, log.clone()),
+        tls,
+        log: log.clone(),
+        open: AtomicUsize::new(0),
+    });
+    let (stop_tx, stop_rx) = watch::channel(Stop::Serve);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let loops = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = Vec::with_capacity(loops);
+    for n in 0..loops {
+        let listener = listener.try_clone().map_err(listen_err)?;
+        let (shared, stop, done) = (shared.clone(), stop_rx.clone(), done_tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("composer-serve-{n}"))
+            .spawn(move || {
+                let result = event_loop(listener, shared, stop);
+                let _ = done.send(result);
+            })
+            .map_err(setup("starting the event loops"))?;
+        threads.push(thread);
+    }
+    drop((listener, done_tx));
+    {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "listening on {url}");
+        let _ = out.flush();
+    }
+    log.event(&format!("serving {} on {url}", opts.release_dir.display()));
+
+    let result = control.block_on(async {
+        let signal_name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            // An event loop that fails to start ends the server.
+            Some(Err(e)) = done_rx.recv() => {
+                let _ = stop_tx.send(Stop::Now);
+                return Err(e);
+            }
+        };
+        let _ = stop_tx.send(Stop::Drain);
+        let grace = opts.shutdown_grace;
+        log.event(&format!(
+            "{signal_name}: not accepting connections; waiting up to {} for {} open connection(s)",
+            humantime::format_duration(grace),
+            shared.open.load(Ordering::Relaxed)
+        ));
+        let mut running = loops;
+        let all_done = async {
+            while running > 0 && done_rx.recv().await.is_some() {
+                running -= 1;
+            }
+        };
+        tokio::select! {
+            () = all_done => log.event("all connections closed; exiting"),
+            () = tokio::time::sleep(grace) => log.event("grace period over; closing the remaining connections"),
+            _ = term.recv() => log.event("SIGTERM again; closing the remaining connections"),
+            _ = int.recv() => log.event("SIGINT again; closing the remaining connections"),
+        }
+        let _ = stop_tx.send(Stop::Now);
+        Ok(())
+    });
+    for thread in threads {
+        let _ = thread.join();
+    }
+    result
+}
+
+/// What the event loops share.
+struct Shared {
+    service: Service,
+    tls: Option<TlsAcceptor>,
+    log: Arc<AccessLog>,
+    /// Connections open right now, for the shutdown message.
+    open: AtomicUsize,
+}
+
+/// What the control thread tells the event loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Serve,
+    /// Stop accepting, finish what is in flight.
+    Drain,
+    /// Close everything now.
+    Now,
+}
+
+/// One event loop: accepts from `listener` until told to drain, then waits for its
+/// connections (or for the order to close them).
+fn event_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<Stop>,
+) -> Result<(), ServeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("composer-serve")
         .build()
-        .map_err(|source| ServeError::Setup { what: "starting the runtime", source })?;
-    let result = runtime.block_on(serve(release, tls, opts));
+        .map_err(|source| ServeError::Setup { what: "starting an event loop", source })?;
+    runtime.block_on(async {
+        let listener = TcpListener::from_std(listener)
+            .map_err(|source| ServeError::Setup { what: "registering the listening socket", source })?;
+        let graceful = GracefulShutdown::new();
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s != Stop::Serve) => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let conn = Connection { peer, shared: shared.clone(), http: http.clone(), watcher: graceful.watcher() };
+                        tokio::spawn(conn.run(stream));
+                    }
+                    // Another loop took it.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        // Out of file descriptors, typically: back off instead of spinning.
+                        shared.log.event(&format!("accept failed: {e}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            _ = stop.wait_for(|s| *s == Stop::Now) => {}
+        }
+        Ok::<(), ServeError>(())
+    })?;
     // Blocking reads of abandoned downloads are not worth waiting for.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    Ok(())
 }
 
 /// Every connection holds a socket, and every download a file: lift the soft descriptor limit
@@ -142,96 +288,52 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-async fn serve(release: Release, tls: Option<TlsAcceptor>, opts: &ServeOptions) -> Result<(), ServeError> {
-    let log = Arc::new(AccessLog::new(opts.log_format));
-    let listen_err = |source| ServeError::Listen { addr: opts.listen, source };
-    let listener = bind(opts.listen).map_err(listen_err)?;
-    let local = listener.local_addr().map_err(listen_err)?;
-    // Installed before the address is announced: a script may signal right after reading it.
-    let sig_err = |source| ServeError::Setup { what: "installing signal handlers", source };
-    let mut term = signal(SignalKind::terminate()).map_err(sig_err)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(sig_err)?;
-    let url = format!("{}://{local}/", if tls.is_some() { "https" } else { "http" });
-    {
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "listening on {url}");
-        let _ = out.flush();
-    }
-    log.event(&format!("serving {} on {url}", opts.release_dir.display()));
-
-    let service = Arc::new(Service::new(release, log.clone()));
-    let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
-    let signal_name = loop {
-        tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let conn = Connection {
-                        peer,
-                        service: service.clone(),
-                        http: http.clone(),
-                        tls: tls.clone(),
-                        watcher: graceful.watcher(),
-                        log: log.clone(),
-                    };
-                    tokio::spawn(conn.run(stream));
-                }
-                Err(e) => {
-                    // Out of file descriptors, typically: back off instead of spinning.
-                    log.event(&format!("accept failed: {e}"));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    };
-    drop(listener);
-    let grace = opts.shutdown_grace;
-    log.event(&format!(
-        "{signal_name}: not accepting connections; waiting up to {} for {} open connection(s)",
-        humantime::format_duration(grace),
-        graceful.count()
-    ));
-    tokio::select! {
-        () = graceful.shutdown() => log.event("all connections closed; exiting"),
-        () = tokio::time::sleep(grace) => log.event("grace period over; closing the remaining connections"),
-        _ = term.recv() => log.event("SIGTERM again; closing the remaining connections"),
-        _ = int.recv() => log.event("SIGINT again; closing the remaining connections"),
-    }
-    Ok(())
-}
-
 /// One accepted connection.
 struct Connection {
     peer: SocketAddr,
-    service: Arc<Service>,
+    shared: Arc<Shared>,
     http: http1::Builder,
-    tls: Option<TlsAcceptor>,
     watcher: Watcher,
-    log: Arc<AccessLog>,
+}
+
+/// Counts a connection as open while it lives.
+struct Open<'a>(&'a AtomicUsize);
+
+impl<'a> Open<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Connection {
     async fn run(self, stream: TcpStream) {
-        let Connection { peer, service, http, tls, watcher, log } = self;
+        let Connection { peer, shared, http, watcher } = self;
+        let _open = Open::new(&shared.open);
         let _ = stream.set_nodelay(true);
-        let svc =
-            hyper::service::service_fn(move |req| std::future::ready(Ok::<_, Infallible>(service.handle(&req, peer))));
-        let result = match tls {
+        let service = shared.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            std::future::ready(Ok::<_, Infallible>(service.service.handle(&req, peer)))
+        });
+        let result = match &shared.tls {
             None => watcher.watch(http.serve_connection(TokioIo::new(stream), svc)).await,
             Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => watcher.watch(http.serve_connection(TokioIo::new(stream), svc)).await,
-                Ok(Err(e)) => return log.event(&format!("{peer}: TLS handshake failed: {e}")),
-                Err(_) => return log.event(&format!("{peer}: TLS handshake timed out")),
+                Ok(Err(e)) => return shared.log.event(&format!("{peer}: TLS handshake failed: {e}")),
+                Err(_) => return shared.log.event(&format!("{peer}: TLS handshake timed out")),
             },
         };
         // Clients that go away are routine (their request lines say "aborted"); requests hyper
         // refused before they reached the service are worth a line.
         if let Err(e) = result {
             if e.is_parse() || e.is_parse_too_large() || e.is_timeout() {
-                log.event(&format!("{peer}: {e}"));
+                shared.log.event(&format!("{peer}: {e}"));
             }
         }
     }
