@@ -94,36 +94,56 @@ for f in index.json SHA256SUMS "$IMAGE"; do
   [ "$a" = "$b" ] || { echo "bench/serve.sh: $f differs between the servers" >&2; exit 1; }
 done
 
-wrk_rps() { # $1 port, $2 path, $3 connections: prints requests/s
-  wrk -t2 -c"$3" -d"$DURATION" "http://127.0.0.1:$1/$2" | awk '/^Requests\/sec:/ { print $2 }'
+# Server CPU time, from /proc (clock ticks, all threads or all worker processes): a second
+# figure that holds up when other work shares the machine and skews wall-clock rates.
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+NGINX_WORKERS=$(pgrep -P "$NGINX_PID" | tr '\n' ' ')
+cpu_ticks() { for p in "$@"; do awk '{ print $14 + $15 }' "/proc/$p/stat"; done | awk '{ s += $1 } END { print s }'; }
+
+# $1 server, $2 path, $3 connections: prints "requests/s cpu-us-per-request"
+measure() {
+  local port=$PORT_COMPOSER pids=$COMPOSER_PID out before after
+  if [ "$1" = nginx ]; then port=$PORT_NGINX; pids=$NGINX_WORKERS; fi
+  # shellcheck disable=SC2086
+  before=$(cpu_ticks $pids)
+  out=$(wrk -t2 -c"$3" -d"$DURATION" "http://127.0.0.1:$port/$2")
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks $pids)
+  awk -v b="$before" -v a="$after" -v t="$TICK_US" '
+    / requests in / { n = $1 } /^Requests\/sec:/ { r = $2 }
+    END { printf "%s %.1f\n", r, (a - b) * t / n }' <<< "$out"
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-declare -A results
+declare -A rps cpu
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
   if [ $((round % 2)) = 1 ]; then order="composer nginx"; else order="nginx composer"; fi
   for target in index.json SHA256SUMS "$IMAGE"; do
     conns=$SMALL_CONNS; [ "$target" = "$IMAGE" ] && conns=$IMAGE_CONNS
     for server in $order; do
-      port=$PORT_COMPOSER; [ "$server" = nginx ] && port=$PORT_NGINX
-      rps=$(wrk_rps "$port" "$target" "$conns")
-      results[$server/$target]+="$rps "
-      echo "round $round $server $target: $rps req/s" >&2
+      read -r r c <<< "$(measure "$server" "$target" "$conns")"
+      rps[$server/$target]+="$r "
+      cpu[$server/$target]+="$c "
+      echo "round $round $server $target: $r req/s, $c us CPU/request (load $(cut -d' ' -f1 /proc/loadavg))" >&2
     done
   done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-printf '\n| file | composer | nginx | composer / nginx |\n|---|---:|---:|---:|\n'
+printf '\n| file | composer | nginx | composer / nginx | server CPU per request, composer / nginx |\n|---|---:|---:|---:|---:|\n'
 for target in index.json SHA256SUMS "$IMAGE"; do
-  c=$(tr ' ' '\n' <<< "${results[composer/$target]}" | grep . | median)
-  n=$(tr ' ' '\n' <<< "${results[nginx/$target]}" | grep . | median)
+  c=$(tr ' ' '\n' <<< "${rps[composer/$target]}" | grep . | median)
+  n=$(tr ' ' '\n' <<< "${rps[nginx/$target]}" | grep . | median)
+  cc=$(tr ' ' '\n' <<< "${cpu[composer/$target]}" | grep . | median)
+  nc=$(tr ' ' '\n' <<< "${cpu[nginx/$target]}" | grep . | median)
   if [ "$target" = "$IMAGE" ]; then
-    awk -v c="$c" -v n="$n" -v b="$IMAGE_BYTES" -v f="$target" \
-      'BEGIN { printf "| %s (%.1f MB) | %.0f MB/s | %.0f MB/s | %.2f |\n", f, b / 1e6, c * b / 1e6, n * b / 1e6, c / n }'
+    awk -v c="$c" -v n="$n" -v cc="$cc" -v nc="$nc" -v b="$IMAGE_BYTES" -v f="$target" 'BEGIN {
+      printf "| %s (%.1f MB) | %.0f MB/s | %.0f MB/s | %.2f | %.0f / %.0f us = %.2f |\n",
+        f, b / 1e6, c * b / 1e6, n * b / 1e6, c / n, cc, nc, cc / nc }'
   else
-    awk -v c="$c" -v n="$n" -v f="$target" 'BEGIN { printf "| %s | %.0f req/s | %.0f req/s | %.2f |\n", f, c, n, c / n }'
+    awk -v c="$c" -v n="$n" -v cc="$cc" -v nc="$nc" -v f="$target" 'BEGIN {
+      printf "| %s | %.0f req/s | %.0f req/s | %.2f | %.1f / %.1f us = %.2f |\n", f, c, n, c / n, cc, nc, cc / nc }'
   fi
 done
 echo "(medians of $ROUNDS rounds, wrk -t2 -d$DURATION, $SMALL_CONNS connections for small files, $IMAGE_CONNS for the image)"

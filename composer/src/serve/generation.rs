@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http::HeaderValue;
 
 use super::body;
 use super::conditional::Validators;
@@ -55,6 +56,10 @@ pub struct Entry {
     pub len: u64,
     /// Its ETag and Last-Modified.
     pub validators: Validators,
+    /// The same as header values, formatted once.
+    pub etag_header: HeaderValue,
+    /// `Last-Modified`.
+    pub last_modified_header: HeaderValue,
     /// Its bytes, for files up to [`body::INLINE_MAX`].
     pub content: Option<Bytes>,
 }
@@ -110,7 +115,11 @@ impl Generation {
         let validators = Validators::new(etag::etag(self, content::image(rel).as_ref(), &stat), mtime);
         let content =
             if len <= body::INLINE_MAX { Some(body::read_at(&file, 0, len).map_err(OpenError::Io)?) } else { None };
-        let entry = Arc::new(Entry { file: Arc::new(file), len, validators, content });
+        let header = |s: &str| HeaderValue::from_str(s).map_err(|e| OpenError::Io(std::io::Error::other(e)));
+        let etag_header = header(validators.etag.as_str())?;
+        let last_modified_header = header(&validators.last_modified_header())?;
+        let entry =
+            Arc::new(Entry { file: Arc::new(file), len, validators, etag_header, last_modified_header, content });
         if let Some(files) = &self.files {
             let size = entry.content.as_ref().map_or(0, |c| c.len() as u64);
             if let Ok(mut files) = files.write() {

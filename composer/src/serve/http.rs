@@ -145,8 +145,8 @@ impl Service {
         let (validators, len) = (&entry.validators, entry.len);
 
         let mut headers = vec![
-            (ETAG, value(validators.etag.as_str())),
-            (LAST_MODIFIED, value(&validators.last_modified_header())),
+            (ETAG, entry.etag_header.clone()),
+            (LAST_MODIFIED, entry.last_modified_header.clone()),
             (CACHE_CONTROL, HeaderValue::from_static(content::cache_control(&rel))),
         ];
         match conditional::preconditions(req.headers(), validators) {

@@ -45,8 +45,11 @@ pub struct AccessLog {
 }
 
 /// Bytes outside printable ASCII, escaped so a log line stays one line of text.
-fn printable(s: &str) -> String {
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     const MAX: usize = 512;
+    if s.len() <= MAX && s.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'"') {
+        return s.into();
+    }
     let mut out = String::with_capacity(s.len().min(MAX));
     for b in s.bytes() {
         if out.len() >= MAX {
@@ -59,7 +62,7 @@ fn printable(s: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out
+    out.into()
 }
 
 impl AccessLog {
@@ -83,9 +86,12 @@ impl AccessLog {
         let ms = r.duration.as_secs_f64() * 1000.0;
         match self.format {
             LogFormat::Text => {
-                let mut line = format!(
+                use std::fmt::Write as _;
+                let mut line = String::with_capacity(160);
+                let _ = write!(
+                    line,
                     "{} {} {} {} {} {} {ms:.3}ms",
-                    Self::now(),
+                    humantime::format_rfc3339_millis(SystemTime::now()),
                     r.peer,
                     printable(&r.method),
                     printable(&r.target),
@@ -93,13 +99,13 @@ impl AccessLog {
                     r.bytes
                 );
                 if let Some(g) = r.generation {
-                    line.push_str(&format!(" gen={g:010}"));
+                    let _ = write!(line, " gen={g:010}");
                 }
                 if !r.complete {
                     line.push_str(" aborted");
                 }
                 if let Some(note) = &r.note {
-                    line.push_str(&format!(" ({note})"));
+                    let _ = write!(line, " ({note})");
                 }
                 line
             }
