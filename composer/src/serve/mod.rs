@@ -39,7 +39,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 pub use self::log::LogFormat;
@@ -111,10 +111,11 @@ pub enum ServeError {
 /// Serves until SIGTERM or SIGINT, then lets in-flight requests finish (up to
 /// `shutdown_grace`) and returns. The first line on stdout is `listening on URL`.
 ///
-/// Like nginx's worker processes, there is one single-threaded event loop per core, each
-/// accepting from the same listening socket: a loop that is busy is not waiting in `accept`,
-/// so new connections go to the idle ones, and no request ever hops between threads (which
-/// measured a tenth more CPU per request with a work-stealing runtime).
+/// Like nginx's worker processes, there is one single-threaded event loop per core, and no
+/// request ever hops between threads (a work-stealing runtime measured a tenth more CPU per
+/// request). This thread accepts and hands each connection to the loop with the fewest open
+/// connections: loops that accepted for themselves from one socket took whole bursts of
+/// connections each, and left the other core idle.
 pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let release = Release::open(&opts.release_dir)?;
     let tls = opts.tls.as_ref().map(|t| tls::acceptor(&t.cert, &t.key)).transpose()?;
@@ -126,7 +127,7 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let listen_err = |source| ServeError::Listen { addr: opts.listen, source };
     let (listener, mut term, mut int) = {
         let _entered = control.enter();
-        let listener = bind(opts.listen).map_err(listen_err)?.into_std().map_err(listen_err)?;
+        let listener = bind(opts.listen).map_err(listen_err)?;
         // Installed before the address is announced: a script may signal right after reading it.
         let term = signal(SignalKind::terminate()).map_err(setup("installing signal handlers"))?;
         let int = signal(SignalKind::interrupt()).map_err(setup("installing signal handlers"))?;
@@ -135,29 +136,31 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(listen_err)?;
     let url = format!("{}://{local}/", if tls.is_some() { "https" } else { "http" });
 
+    let loops = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shared = Arc::new(Shared {
         service: Service::new(release, log.clone()),
         tls,
         log: log.clone(),
-        open: AtomicUsize::new(0),
+        open: (0..loops).map(|_| AtomicUsize::new(0)).collect(),
     });
     let (stop_tx, stop_rx) = watch::channel(Stop::Serve);
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let loops = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut threads = Vec::with_capacity(loops);
+    let mut queues = Vec::with_capacity(loops);
     for n in 0..loops {
-        let listener = listener.try_clone().map_err(listen_err)?;
+        let (queue, incoming) = mpsc::unbounded_channel();
         let (shared, stop, done) = (shared.clone(), stop_rx.clone(), done_tx.clone());
         let thread = std::thread::Builder::new()
             .name(format!("composer-serve-{n}"))
             .spawn(move || {
-                let result = event_loop(listener, shared, stop);
+                let result = event_loop(incoming, shared, stop);
                 let _ = done.send(result);
             })
             .map_err(setup("starting the event loops"))?;
         threads.push(thread);
+        queues.push(queue);
     }
-    drop((listener, done_tx));
+    drop(done_tx);
     {
         let mut out = io::stdout().lock();
         let _ = writeln!(out, "listening on {url}");
@@ -166,21 +169,36 @@ pub fn run(opts: &ServeOptions) -> Result<(), ServeError> {
     log.event(&format!("serving {} on {url}", opts.release_dir.display()));
 
     let result = control.block_on(async {
-        let signal_name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            // An event loop that fails to start ends the server.
-            Some(Err(e)) = done_rx.recv() => {
-                let _ = stop_tx.send(Stop::Now);
-                return Err(e);
+        let signal_name = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                // An event loop that fails to start ends the server.
+                Some(Err(e)) = done_rx.recv() => {
+                    let _ = stop_tx.send(Stop::Now);
+                    return Err(e);
+                }
+                accepted = listener.accept() => match accepted.and_then(|(s, peer)| Ok((s.into_std()?, peer))) {
+                    Ok((stream, peer)) => {
+                        let open = Open::new(&shared);
+                        let _ = queues[open.n].send(Accepted { stream, peer, open });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors, typically: back off instead of spinning.
+                        log.event(&format!("accept failed: {e}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
             }
         };
-        let _ = stop_tx.send(Stop::Drain);
+        drop(listener);
+        // Closing the queues tells the loops to stop taking connections and drain.
+        drop(queues);
         let grace = opts.shutdown_grace;
+        let open: usize = shared.open.iter().map(|n| n.load(Ordering::Relaxed)).sum();
         log.event(&format!(
-            "{signal_name}: not accepting connections; waiting up to {} for {} open connection(s)",
+            "{signal_name}: not accepting connections; waiting up to {} for {open} open connection(s)",
             humantime::format_duration(grace),
-            shared.open.load(Ordering::Relaxed)
         ));
         let mut running = loops;
         let all_done = async {
@@ -208,24 +226,49 @@ struct Shared {
     service: Service,
     tls: Option<TlsAcceptor>,
     log: Arc<AccessLog>,
-    /// Connections open right now, for the shutdown message.
-    open: AtomicUsize,
+    /// Open connections of each event loop.
+    open: Vec<AtomicUsize>,
 }
 
-/// What the control thread tells the event loops.
+/// Tells the event loops to close what is still open, once the grace period is over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
     Serve,
-    /// Stop accepting, finish what is in flight.
-    Drain,
-    /// Close everything now.
     Now,
 }
 
-/// One event loop: accepts from `listener` until told to drain, then waits for its
-/// connections (or for the order to close them).
+/// A connection on its way to an event loop.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    open: Open,
+}
+
+/// Counts a connection against its event loop while it lives.
+struct Open {
+    shared: Arc<Shared>,
+    n: usize,
+}
+
+impl Open {
+    /// Picks the event loop with the fewest open connections.
+    fn new(shared: &Arc<Shared>) -> Self {
+        let n = (0..shared.open.len()).min_by_key(|&n| shared.open[n].load(Ordering::Relaxed)).unwrap_or(0);
+        shared.open[n].fetch_add(1, Ordering::Relaxed);
+        Self { shared: shared.clone(), n }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.shared.open[self.n].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One event loop: serves the connections it is handed until the queue closes, then waits
+/// for them to finish (or for the order to close them).
 fn event_loop(
-    listener: std::net::TcpListener,
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<Stop>,
 ) -> Result<(), ServeError> {
@@ -234,36 +277,24 @@ fn event_loop(
         .build()
         .map_err(|source| ServeError::Setup { what: "starting an event loop", source })?;
     runtime.block_on(async {
-        let listener = TcpListener::from_std(listener)
-            .map_err(|source| ServeError::Setup { what: "registering the listening socket", source })?;
         let graceful = GracefulShutdown::new();
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
-        loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s != Stop::Serve) => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let conn = Connection { peer, shared: shared.clone(), http: http.clone(), watcher: graceful.watcher() };
-                        tokio::spawn(conn.run(stream));
-                    }
-                    // Another loop took it.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        // Out of file descriptors, typically: back off instead of spinning.
-                        shared.log.event(&format!("accept failed: {e}"));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
+        while let Some(Accepted { stream, peer, open }) = incoming.recv().await {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    let conn =
+                        Connection { peer, shared: shared.clone(), http: http.clone(), watcher: graceful.watcher() };
+                    tokio::spawn(conn.run(stream, open));
+                }
+                Err(e) => shared.log.event(&format!("{peer}: {e}")),
             }
         }
-        drop(listener);
         tokio::select! {
             () = graceful.shutdown() => {}
             _ = stop.wait_for(|s| *s == Stop::Now) => {}
         }
-        Ok::<(), ServeError>(())
-    })?;
+    });
     // Blocking reads of abandoned downloads are not worth waiting for.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
@@ -296,26 +327,9 @@ struct Connection {
     watcher: Watcher,
 }
 
-/// Counts a connection as open while it lives.
-struct Open<'a>(&'a AtomicUsize);
-
-impl<'a> Open<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
-    }
-}
-
-impl Drop for Open<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Connection {
-    async fn run(self, stream: TcpStream) {
+    async fn run(self, stream: TcpStream, _open: Open) {
         let Connection { peer, shared, http, watcher } = self;
-        let _open = Open::new(&shared.open);
         let _ = stream.set_nodelay(true);
         let service = shared.clone();
         let svc = hyper::service::service_fn(move |req| {
