@@ -10,6 +10,7 @@
 //!   its os-release ([`disk::target`]), ext4 edits and checks through e2fsprogs
 //!   ([`disk::e2fs`]);
 //! - [`compose`] orders all of it so nothing is published unless every step succeeded;
+//! - [`serve`] serves a published release over HTTP(S) (the only async code, kept inside it);
 //! - [`cli`] is the command line.
 #![warn(missing_docs)]
 
@@ -20,4 +21,5 @@ pub mod disk;
 pub mod fuzz;
 pub mod plan;
 pub mod scratch;
+pub mod serve;
 pub mod source;

@@ -4,6 +4,7 @@
 
 mod compose;
 mod inspect;
+mod serve;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ enum Command {
     Compose(Box<compose::ComposeArgs>),
     Check(compose::CheckArgs),
     Inspect(inspect::InspectArgs),
+    Serve(serve::ServeArgs),
     #[command(flatten)]
     Doc(DocCommand),
 }
@@ -38,6 +40,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compose(args) => compose::run_compose(*args),
         Command::Check(args) => compose::run_check(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Doc(doc) => doc.run(Cli::command()),
     }
 }
