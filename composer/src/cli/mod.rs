@@ -4,6 +4,7 @@
 
 mod compose;
 mod inspect;
+mod provision;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -12,11 +13,12 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 use cli_support::{CompletionsArgs, ManArgs};
 
-/// Put systemd system extensions into stock Flatcar and Ubuntu disk images, without root.
+/// Put systemd system extensions onto stock Flatcar and Ubuntu nodes.
 ///
 /// composer writes extension images into the root filesystem of a copy of a disk image
 /// with e2fsprogs (no mounting, no loop devices), after checking that systemd-sysext on that
-/// image would actually merge them.
+/// image would actually merge them, or writes Ignition, Butane and cloud-init configs that
+/// make a node install them from a signed release while it provisions.
 #[derive(Debug, Parser)]
 #[command(name = "composer", version, max_term_width = 100)]
 pub struct Cli {
@@ -29,6 +31,7 @@ enum Command {
     Compose(Box<compose::ComposeArgs>),
     Check(compose::CheckArgs),
     Inspect(inspect::InspectArgs),
+    Provision(Box<provision::ProvisionArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(CompletionsArgs),
     /// Write man pages for every command into a directory.
@@ -41,6 +44,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compose(args) => compose::run_compose(*args),
         Command::Check(args) => compose::run_check(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Provision(args) => provision::run(*args),
         Command::Completions(args) => {
             cli_support::write_completions(Cli::command(), args.shell, &mut std::io::stdout());
             Ok(())
