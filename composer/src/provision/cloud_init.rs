@@ -104,7 +104,7 @@ pub fn script(plan: &NodePlan) -> Result<String> {
         }
     }
     for unit in plan.enable.iter().filter(|u| !u.by_os) {
-        let _ = writeln!(s, "    enable {} {}", sh(&unit.name), sh(&unit.wanted_by));
+        let _ = writeln!(s, "    enable_unit {} {}", sh(&unit.name), sh(&unit.wanted_by));
     }
     s.push_str("}\n\nmain \"$@\"\n");
     Ok(s)

@@ -47,7 +47,8 @@ UNIT_DIRS="/usr/lib/systemd/system /lib/systemd/system"
 PHASE=
 DOWNLOADER=
 STAGE=
-STAGE_PARENT_CREATED=
+CREATED=
+CREATED_TOP=
 PENDING=
 UNIT_FILE=
 MISMATCH=
@@ -61,7 +62,11 @@ die() {
 cleanup() {
     if [ -n "$PENDING" ]; then rm -f "$PENDING"; fi
     if [ -n "$STAGE" ]; then rm -rf "$STAGE"; fi
-    if [ -n "$STAGE_PARENT_CREATED" ]; then rmdir "$STAGE_PARENT_CREATED" 2>/dev/null || :; fi
+    # Directories made for the scratch directory go too, if nothing else landed in them.
+    d=$CREATED
+    while [ -n "$d" ] && rmdir "$ROOT$d" 2>/dev/null && [ "$d" != "$CREATED_TOP" ]; do
+        d=${d%/*}
+    done
 }
 trap cleanup EXIT
 trap 'exit 1' HUP INT TERM
@@ -202,8 +207,12 @@ stage() {
         fetch)
             if [ -z "$STAGE" ]; then
                 if [ ! -d "$ROOT$1" ]; then
+                    CREATED_TOP=$1
+                    while [ -n "${CREATED_TOP%/*}" ] && [ ! -d "$ROOT${CREATED_TOP%/*}" ]; do
+                        CREATED_TOP=${CREATED_TOP%/*}
+                    done
                     mkdir -p "$ROOT$1"
-                    STAGE_PARENT_CREATED=$ROOT$1
+                    CREATED=$1
                 fi
                 STAGE=$(mktemp -d "$ROOT$1/.composer-provision.XXXXXX")
             fi
@@ -281,8 +290,8 @@ find_unit() {
     fi
 }
 
-# enable UNIT TARGET: the link `systemctl enable` makes for WantedBy=TARGET.
-enable() {
+# enable_unit UNIT TARGET: the link `systemctl enable` makes for WantedBy=TARGET.
+enable_unit() {
     wants=/etc/systemd/system/$2.wants
     case $PHASE in
         check)
@@ -325,7 +334,7 @@ main() {
     sync
     rm -rf "$STAGE"
     STAGE=
-    STAGE_PARENT_CREATED=
+    CREATED=
     if [ -n "$ROOT" ]; then
         log "installed into $ROOT; not merging (ROOT is set)"
         return 0
