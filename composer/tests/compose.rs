@@ -84,6 +84,11 @@ fn composes_into_a_flatcar_layout_disk() {
     let names: Vec<&str> =
         inspected["extensions"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["cni", "containerd", "kubernetes"]);
+    // With containerd installed, Flatcar's own runtimes are masked, not listed as extensions.
+    assert_eq!(
+        inspected["masked"],
+        serde_json::json!(["/etc/extensions/containerd-flatcar.raw", "/etc/extensions/docker-flatcar.raw"])
+    );
     assert_eq!(
         inspected["extensions"][2]["link"],
         format!("/opt/extensions/kubernetes/kubernetes-{K8S}-{}.raw", exts.arch)
