@@ -622,7 +622,7 @@ fn base_configs_are_merged_and_conflicts_named() {
     let o = r.provision("cloud-init", &CHANNELS, &["--base", clash.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("write_files[0] is /etc/extensions/cni.raw, which composer writes too"),
+        stderr(&o).contains("write_files[0] is /etc/extensions/cni.raw, which composer's script creates"),
         "{}",
         stderr(&o)
     );

@@ -27,10 +27,8 @@ use crate::source::ReleaseIndex;
 /// config runs a small verified-download script as composer-provision.service that also merges
 /// the extensions and starts their services.
 #[derive(Debug, Args)]
-#[command(
-    override_usage = "composer provision <FORMAT> --index <URL|DIR> --pubkey <PUB> --arch <ARCH>\n       \
-                      --extension <NAME@CHANNEL>... [OPTIONS]"
-)]
+#[command(override_usage = "composer provision <FORMAT> --index <URL|DIR> --pubkey <PUB> --arch <ARCH>\n       \
+                      --extension <NAME@CHANNEL>... [OPTIONS]")]
 pub(super) struct ProvisionArgs {
     /// The config to write.
     #[arg(value_name = "FORMAT", value_enum)]

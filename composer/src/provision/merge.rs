@@ -185,20 +185,27 @@ fn drop_empty(doc: &mut Mapping, sections: &[&str]) {
 /// composer's `runcmd` entries first so the user's commands (a `kubeadm join`) run with the
 /// extensions merged; every other key kept.
 pub fn cloud_config(mut base: Mapping, ours: &Value, plan_paths: &[String]) -> Result<Mapping> {
-    let mut ours_paths: Vec<&str> = Vec::new();
     let our_files = ours.get("write_files").and_then(Value::as_sequence).cloned().unwrap_or_default();
-    for f in &our_files {
-        ours_paths.push(f.get("path").and_then(Value::as_str).expect("composer's files have paths"));
-    }
-    for (path, (at, _)) in keyed(&mut base, &["write_files"], "path")? {
-        if ours_paths.contains(&path.as_str()) || plan_paths.contains(&path) {
-            bail!("{at} is {path}, which composer writes too; remove it from the base config");
+    let ours_by_path: BTreeMap<&str, &Value> = our_files
+        .iter()
+        .map(|f| (f.get("path").and_then(Value::as_str).expect("composer's files have paths"), f))
+        .collect();
+    let mut add: Vec<Value> = our_files.clone();
+    for (path, (at, theirs)) in keyed(&mut base, &["write_files"], "path")? {
+        match ours_by_path.get(path.as_str()) {
+            // Merged before: keep theirs, add nothing twice.
+            Some(mine) if **mine == theirs => add.retain(|f| f != *mine),
+            Some(_) => bail!("{at} is {path}, which composer writes too; remove it from the base config"),
+            None if plan_paths.contains(&path) => {
+                bail!("{at} is {path}, which composer's script creates; remove it from the base config")
+            }
+            None => {}
         }
     }
-    list_mut(&mut base, &["write_files"])?.extend(our_files);
+    list_mut(&mut base, &["write_files"])?.extend(add);
     let our_cmds = ours.get("runcmd").and_then(Value::as_sequence).cloned().unwrap_or_default();
     let runcmd = list_mut(&mut base, &["runcmd"])?;
-    let theirs = std::mem::take(runcmd);
+    let theirs: Vec<Value> = std::mem::take(runcmd).into_iter().filter(|c| !our_cmds.contains(c)).collect();
     runcmd.extend(our_cmds);
     runcmd.extend(theirs);
     Ok(base)
@@ -270,7 +277,9 @@ mod tests {
         assert_eq!(merged["runcmd"][1], "kubeadm join x");
         assert_eq!(merged["write_files"].as_sequence().unwrap().len(), 2);
         assert_eq!(merged["ssh_authorized_keys"][0], "ssh-ed25519 AAAA");
+        // Merging the result again changes nothing.
+        assert_eq!(cloud_config(merged.clone(), &ours, &[]).unwrap(), merged);
         let err = cloud_config(base, &ours, &["/etc/a".into()]).unwrap_err().to_string();
-        assert!(err.contains("write_files[0] is /etc/a, which composer writes too"), "{err}");
+        assert!(err.contains("write_files[0] is /etc/a, which composer's script creates"), "{err}");
     }
 }
