@@ -65,7 +65,7 @@ fn sh(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The script for `plan`: [`SCRIPT`], then the plan as a `plan` function whose lines the
+/// The script for `plan`: `provision.sh`, then the plan as a `plan` function whose lines the
 /// script runs once per phase, then the call to `main`.
 pub fn script(plan: &NodePlan) -> Result<String> {
     let mut s = String::from(SCRIPT);
