@@ -1,6 +1,6 @@
 //! composer: put systemd system extensions onto nodes: into stock Flatcar and Ubuntu disk
-//! images without root, loop devices or a VM (`compose`), and next through provisioning
-//! configs and a node agent.
+//! images without root, loop devices or a VM (`compose`), through provisioning configs
+//! (`provision`), and next through a node agent.
 //!
 //! - [`source`] turns each `--extension` into a verified local image;
 //! - [`plan`] describes what goes onto a node (images, links, units, transfer files), once,
@@ -10,6 +10,7 @@
 //!   its os-release ([`disk::target`]), ext4 edits and checks through e2fsprogs
 //!   ([`disk::e2fs`]);
 //! - [`compose`] orders all of it so nothing is published unless every step succeeded;
+//! - [`provision`] renders the same plan as Ignition, Butane and cloud-init configs;
 //! - [`serve`] serves a published release over HTTP(S) (the only async code, kept inside it);
 //! - [`cli`] is the command line.
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@ pub mod disk;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod plan;
+pub mod provision;
 pub mod scratch;
 pub mod serve;
 pub mod source;

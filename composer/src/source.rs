@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use release_index::client::{Client, ClientError, TrustedIndex};
 use release_index::image::ImageError;
+use release_index::index::Artifact;
 use release_index::source::Backend;
 use serde::Serialize;
 use signing::{PublicKey, Sha256Digest};
@@ -99,6 +100,31 @@ impl ReleaseIndex {
     /// The verified index.
     pub fn trusted(&self) -> &TrustedIndex {
         &self.trusted
+    }
+
+    /// The newest artifact of `channel` for `arch`, without downloading it; the error lists
+    /// what the index has instead.
+    pub fn lookup(&self, channel: &ChannelRef, arch: Arch) -> Result<&Artifact, SourceError> {
+        let index = &self.trusted.index;
+        if let Some((_, artifact)) = index.resolve(&channel.name, &channel.channel, arch) {
+            return Ok(artifact);
+        }
+        let Some(versions) = index.extensions.get(&channel.name) else {
+            let names: Vec<String> = index.extensions.keys().map(ToString::to_string).collect();
+            return Err(SourceError::UnknownExtension {
+                channel: channel.clone(),
+                serial: index.serial,
+                available: if names.is_empty() { "none".into() } else { names.join(", ") },
+            });
+        };
+        let available: Vec<String> =
+            versions.iter().filter(|(_, a)| a.contains_key(&arch)).map(|(v, _)| v.to_string()).collect();
+        Err(SourceError::NoMatch {
+            channel: channel.clone(),
+            arch,
+            serial: index.serial,
+            available: if available.is_empty() { "none".into() } else { available.join(", ") },
+        })
     }
 }
 
@@ -189,6 +215,16 @@ pub enum SourceError {
     /// The index refused, or an artifact did not verify.
     #[error(transparent)]
     Index(#[from] ClientError),
+    /// The index has no such extension.
+    #[error("{channel}: the index (serial {serial}) has no extension '{}'; available: {available}", channel.name)]
+    UnknownExtension {
+        /// The requested channel.
+        channel: ChannelRef,
+        /// Serial of the index searched.
+        serial: u64,
+        /// Extensions the index lists.
+        available: String,
+    },
     /// Nothing in the index matches.
     #[error("{channel}: no {arch} release in the index (serial {serial}) matches; available: {available}")]
     NoMatch {
@@ -232,22 +268,7 @@ fn scratch() -> Result<ScratchDir, SourceError> {
 pub fn resolve_channel(channel: &ChannelRef, opts: ResolveOptions<'_>) -> Result<ResolvedExtension, SourceError> {
     let index = opts.index.ok_or_else(|| SourceError::NeedsIndex { channel: channel.clone() })?;
     let arch = opts.arch.ok_or_else(|| SourceError::NeedsArch { channel: channel.clone() })?;
-    let Some((_, artifact)) = index.trusted.index.resolve(&channel.name, &channel.channel, arch) else {
-        let available: Vec<String> = index
-            .trusted
-            .index
-            .extensions
-            .get(&channel.name)
-            .into_iter()
-            .flat_map(|versions| versions.iter().filter(|(_, a)| a.contains_key(&arch)).map(|(v, _)| v.to_string()))
-            .collect();
-        return Err(SourceError::NoMatch {
-            channel: channel.clone(),
-            arch,
-            serial: index.serial(),
-            available: if available.is_empty() { "none".into() } else { available.join(", ") },
-        });
-    };
+    let artifact = index.lookup(channel, arch)?;
     let dir = scratch()?;
     let path = index.client.fetch_artifact(artifact, dir.path())?;
     let identity = release_index::image::identity(&path, &artifact.file)?;

@@ -27,6 +27,10 @@ pub const SYSEXT_WANTED_BY: &str = "sysinit.target";
 /// beside them would merge two runtimes; Flatcar documents masking them with links to
 /// `/dev/null` (which also stops its tmpfiles from re-creating the links).
 pub const FLATCAR_BUILTIN_RUNTIMES: [&str; 2] = ["containerd-flatcar", "docker-flatcar"];
+/// The extension whose presence masks [`FLATCAR_BUILTIN_RUNTIMES`].
+pub const CONTAINERD: &str = "containerd";
+/// What a masking link points at.
+pub const MASKED: &str = "/dev/null";
 
 /// `/opt/extensions/<ext>`: the directory holding an extension's versioned images.
 pub fn image_dir(name: &ExtensionName) -> String {

@@ -4,6 +4,7 @@
 
 mod compose;
 mod inspect;
+mod provision;
 mod serve;
 
 use std::ffi::OsString;
@@ -13,11 +14,12 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 use cli_support::DocCommand;
 
-/// Put systemd system extensions into stock Flatcar and Ubuntu disk images, without root.
+/// Put systemd system extensions onto stock Flatcar and Ubuntu nodes.
 ///
 /// composer writes extension images into the root filesystem of a copy of a disk image
 /// with e2fsprogs (no mounting, no loop devices), after checking that systemd-sysext on that
-/// image would actually merge them.
+/// image would actually merge them, or writes Ignition, Butane and cloud-init configs that
+/// make a node install them from a signed release while it provisions.
 #[derive(Debug, Parser)]
 #[command(name = "composer", version, max_term_width = 100)]
 pub struct Cli {
@@ -30,6 +32,7 @@ enum Command {
     Compose(Box<compose::ComposeArgs>),
     Check(compose::CheckArgs),
     Inspect(inspect::InspectArgs),
+    Provision(Box<provision::ProvisionArgs>),
     Serve(serve::ServeArgs),
     #[command(flatten)]
     Doc(DocCommand),
@@ -40,6 +43,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compose(args) => compose::run_compose(*args),
         Command::Check(args) => compose::run_check(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Provision(args) => provision::run(*args),
         Command::Serve(args) => serve::run(args),
         Command::Doc(doc) => doc.run(Cli::command()),
     }

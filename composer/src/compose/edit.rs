@@ -166,7 +166,10 @@ fn parent(path: &str) -> &str {
 pub(super) fn render(fs: &Ext, plan: &NodePlan, partition: u32, scratch: &Path, block: u64) -> Result<Edit> {
     let mut e = Edit::new();
     let mut lookups: Vec<String> = plan.entries.iter().map(|en| en.path().to_owned()).collect();
-    for unit in &plan.enable {
+    // A unit the OS enables itself lives in its /usr, which on Flatcar is not the partition
+    // composed here.
+    let enable: Vec<_> = plan.enable.iter().filter(|u| !u.by_os).collect();
+    for unit in &enable {
         lookups.extend(UNIT_DIRS.iter().map(|d| format!("{d}/{}", unit.name)));
         lookups.push(unit.link());
     }
@@ -190,13 +193,13 @@ pub(super) fn render(fs: &Ext, plan: &NodePlan, partition: u32, scratch: &Path, 
                 fs_err::write(&staged, contents)?;
                 e.file(fs, &staged, contents.len() as u64, path, block)?;
             }
-            Entry::Link { path, target } => {
+            Entry::Link { path, target, .. } => {
                 e.ensure_dir(fs, parent(path), &mut dirs)?;
                 e.symlink(fs, path, target, block)?;
             }
         }
     }
-    for unit in &plan.enable {
+    for unit in &enable {
         // Enable as `systemctl enable` would: a link to wherever the image keeps the unit.
         let mut found = None;
         for candidate in UNIT_DIRS.iter().map(|d| format!("{d}/{}", unit.name)) {

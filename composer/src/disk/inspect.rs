@@ -61,6 +61,9 @@ pub struct Inspection {
     pub problem: Option<String>,
     /// Extensions systemd-sysext would consider.
     pub extensions: Vec<Installed>,
+    /// Names masked with a link to `/dev/null` (Flatcar's built-in runtimes, when composer
+    /// installed containerd).
+    pub masked: Vec<String>,
     /// Image files under `/opt/extensions/*/`.
     pub images: Vec<String>,
     /// sysupdate transfer files.
@@ -99,6 +102,7 @@ pub fn inspect(image: &Path, overrides: &Overrides) -> Result<Inspection> {
         systemd: None,
         problem: None,
         extensions: Vec::new(),
+        masked: Vec::new(),
         images: Vec::new(),
         sysupdate: Vec::new(),
         sysext_enabled_in_etc: false,
@@ -134,6 +138,10 @@ pub fn inspect(image: &Path, overrides: &Overrides) -> Result<Inspection> {
             let Some(name) = e.name.strip_suffix(".raw") else { continue };
             let path = format!("{dir}/{}", e.name);
             let link = if e.is_symlink() { fs.read_link(&path)? } else { None };
+            if link.as_deref() == Some(sysext_model::node::MASKED) {
+                out.masked.push(path);
+                continue;
+            }
             let resolves_to = fs.resolve(&path)?;
             out.extensions.push(Installed { name: name.to_owned(), path, link, resolves_to });
         }
@@ -206,6 +214,9 @@ impl Inspection {
                 (None, _) => String::new(),
             };
             let _ = writeln!(s, "  {:<12} {}{target}", e.name, e.path);
+        }
+        for m in &self.masked {
+            let _ = writeln!(s, "masked:     {m} -> {}", sysext_model::node::MASKED);
         }
         for i in &self.images {
             let _ = writeln!(s, "image file: {i}");

@@ -85,6 +85,11 @@ pub enum Entry {
         path: String,
         /// Where it points.
         target: String,
+        /// The OS may create this path itself (Flatcar's tmpfiles link its built-in runtimes
+        /// into `/etc/extensions`), so whatever is there must be replaced, not refused.
+        /// Every renderer replaces what it writes; this tells the ones that refuse existing
+        /// paths by default (Ignition) to say so.
+        replace: bool,
     },
 }
 
@@ -106,6 +111,11 @@ pub struct EnabledUnit {
     pub name: String,
     /// The target that wants it, e.g. `sysinit.target`.
     pub wanted_by: String,
+    /// The OS already enables it (Flatcar enables systemd-sysext.service in `/usr`).
+    /// Renderers that state enablement declaratively (Ignition) still say so, which is a
+    /// no-op there; renderers that create the link (compose, which cannot see Flatcar's
+    /// `/usr` partition) leave the OS's own enablement alone.
+    pub by_os: bool,
 }
 
 impl EnabledUnit {
@@ -142,8 +152,11 @@ impl NodePlan {
     /// `/etc/extensions/<ext>.raw`; with sysupdate, `/etc/sysupdate.<ext>.d/` with the
     /// transfer file for the installed minor (patch releases only: Kubernetes does not
     /// support skipping minors; versions without MAJOR.MINOR follow every release) in both
-    /// `.conf` and `.transfer` form, and `noop.conf`; on Ubuntu, systemd-sysext.service
-    /// enabled, because it ships disabled and without it nothing merges.
+    /// `.conf` and `.transfer` form, and `noop.conf`; systemd-sysext.service enabled
+    /// (Ubuntu ships it disabled, and without it nothing merges at boot; Flatcar enables it
+    /// itself). On Flatcar, installing containerd masks the built-in `containerd-flatcar`
+    /// and `docker-flatcar` extensions with links to `/dev/null`, as Flatcar documents, so
+    /// two containerds never merge.
     pub fn build(req: &PlanRequest<'_>) -> NodePlan {
         let mut entries = vec![Entry::Dir { path: node::EXTENSIONS_DIR.to_owned() }];
         for planned in req.images {
@@ -151,7 +164,16 @@ impl NodePlan {
             entries.push(Entry::Dir { path: node::image_dir(name) });
             let path = node::image_path(&planned.image);
             entries.push(Entry::Image { path: path.clone(), image: planned.clone() });
-            entries.push(Entry::Link { path: node::current_link(name), target: path });
+            entries.push(Entry::Link { path: node::current_link(name), target: path, replace: false });
+            if req.os == NodeOs::Flatcar && name.as_str() == node::CONTAINERD {
+                for builtin in node::FLATCAR_BUILTIN_RUNTIMES {
+                    entries.push(Entry::Link {
+                        path: node::link_for(builtin),
+                        target: node::MASKED.to_owned(),
+                        replace: true,
+                    });
+                }
+            }
             if let Some(base) = req.sysupdate {
                 let dir = node::sysupdate_dir(name);
                 entries.push(Entry::Dir { path: dir.clone() });
@@ -175,13 +197,11 @@ impl NodePlan {
                 contents: transfer::noop().to_owned(),
             });
         }
-        let mut enable = Vec::new();
-        if req.os == NodeOs::Ubuntu {
-            enable.push(EnabledUnit {
-                name: node::SYSEXT_SERVICE.to_owned(),
-                wanted_by: node::SYSEXT_WANTED_BY.to_owned(),
-            });
-        }
+        let enable = vec![EnabledUnit {
+            name: node::SYSEXT_SERVICE.to_owned(),
+            wanted_by: node::SYSEXT_WANTED_BY.to_owned(),
+            by_os: req.os == NodeOs::Flatcar,
+        }];
         NodePlan { os: req.os, entries, enable }
     }
 
@@ -196,9 +216,17 @@ impl NodePlan {
     /// The links the plan creates, with their targets.
     pub fn links(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().filter_map(|e| match e {
-            Entry::Link { path, target } => Some((path.as_str(), target.as_str())),
+            Entry::Link { path, target, .. } => Some((path.as_str(), target.as_str())),
             _ => None,
         })
+    }
+
+    /// Every absolute path the plan creates on the node: its entries and the links that
+    /// enable its units.
+    pub fn paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self.entries.iter().map(|e| e.path().to_owned()).collect();
+        paths.extend(self.enable.iter().map(EnabledUnit::link));
+        paths
     }
 }
 
@@ -244,7 +272,7 @@ mod tests {
         );
         let Entry::File { contents, .. } = &plan.entries[5] else { panic!("transfer file") };
         assert!(contents.contains("Path=https://example.org/r/kubernetes/\nMatchPattern=kubernetes-v1.31.@v-%a.raw\n"));
-        assert!(plan.enable.is_empty(), "Flatcar enables systemd-sysext itself");
+        assert!(plan.enable.iter().all(|u| u.by_os), "Flatcar enables systemd-sysext itself");
         assert_eq!(
             plan.links().collect::<Vec<_>>()[0],
             ("/etc/extensions/kubernetes.raw", "/opt/extensions/kubernetes/kubernetes-v1.31.3-x86-64.raw")
@@ -255,7 +283,34 @@ mod tests {
     fn ubuntu_enables_systemd_sysext() {
         let images = [planned("containerd-2.0.4-arm64.raw")];
         let plan = NodePlan::build(&PlanRequest { os: NodeOs::Ubuntu, images: &images, sysupdate: None });
-        assert_eq!(plan.entries.len(), 4, "no transfer files without sysupdate");
+        assert_eq!(plan.entries.len(), 4, "no transfer files and no Flatcar masks on Ubuntu");
         assert_eq!(plan.enable[0].link(), "/etc/systemd/system/sysinit.target.wants/systemd-sysext.service");
+        assert!(!plan.enable[0].by_os);
+    }
+
+    #[test]
+    fn containerd_masks_flatcars_builtin_runtimes() {
+        let images = [planned("containerd-2.0.4-x86-64.raw")];
+        let plan = NodePlan::build(&PlanRequest { os: NodeOs::Flatcar, images: &images, sysupdate: None });
+        let links: Vec<_> = plan
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Link { path, target, replace } => Some((path.as_str(), target.as_str(), *replace)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            links,
+            [
+                ("/etc/extensions/containerd.raw", "/opt/extensions/containerd/containerd-2.0.4-x86-64.raw", false),
+                ("/etc/extensions/containerd-flatcar.raw", "/dev/null", true),
+                ("/etc/extensions/docker-flatcar.raw", "/dev/null", true),
+            ]
+        );
+        // Without containerd, Flatcar keeps its own runtime.
+        let images = [planned("kubernetes-v1.31.3-x86-64.raw")];
+        let plan = NodePlan::build(&PlanRequest { os: NodeOs::Flatcar, images: &images, sysupdate: None });
+        assert!(plan.links().all(|(_, t)| t != "/dev/null"));
     }
 }

@@ -188,3 +188,23 @@ pub fn assert_refused(o: &Output, out: &Path, input: &Path, input_sha: &str, nee
     assert!(leftovers.is_empty(), "scratch files left: {leftovers:?}");
     assert_eq!(sha256(input), input_sha, "the input image changed");
 }
+
+/// Publishes the test extensions into a signed release directory; returns it and the key pair.
+pub fn release(dir: &Path, exts: &Extensions) -> (std::path::PathBuf, std::path::PathBuf) {
+    let keys = dir.join("keys");
+    signing::keygen(&keys).unwrap();
+    let key = signing::PrivateKey::read_pem(&keys.join("private.pem")).unwrap();
+    let images: Vec<_> = exts.all().iter().map(|p| bakery::release::new_image(p).unwrap()).collect();
+    let release = dir.join("release");
+    let opts = release_index::publish::PublishOptions {
+        release_dir: &release,
+        key: &key,
+        base_url: Some("https://sysext.example.org/ext/".parse().unwrap()),
+        valid_for: std::time::Duration::from_secs(86_400),
+        now: release_index::timestamp::Timestamp::now(),
+        keep_generations: 3,
+        fail_after: None,
+    };
+    release_index::publish::publish(&images, &opts).unwrap();
+    (release, keys.join("public.pem"))
+}
