@@ -17,6 +17,8 @@
 # rounds (default 5). Needs root (loop mount, drop_caches). Usage: bash bench/compose.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ROOT=$PWD
 RUNS=${BENCH_RUNS:-5}
 W=${BENCH_WORK:-$ROOT/bench/work/compose}
@@ -110,7 +112,6 @@ timed() {
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 : > "$W/composer.times"; : > "$W/reference.times"
 for i in $(seq "$RUNS"); do

@@ -17,11 +17,9 @@ VERSION=v1.31.3
 
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh needs root (drop_caches, loop mounts)" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
-need=()
-for pkg_cmd in nginx:nginx curl:curl time:/usr/bin/time squashfs-tools:mksquashfs squashfs-tools-ng:gensquashfs; do
-  command -v "${pkg_cmd#*:}" >/dev/null || need+=("${pkg_cmd%%:*}")
-done
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+need_packages bench/run.sh nginx:nginx curl:curl time:/usr/bin/time squashfs-tools:mksquashfs squashfs-tools-ng:gensquashfs
 
 cargo build --release -p bakery --quiet
 BAKERY=$ROOT/target/release/bakery
@@ -41,20 +39,7 @@ fi
 CORPUS_MIB=$(du -cm "$BIN"/kubelet "$BIN"/kubeadm "$BIN"/kubectl | tail -1 | cut -f1)
 
 # --- loopback mirror ---------------------------------------------------------------------
-cat > "$W/nginx.conf" <<NGINX
-worker_processes 1;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log;
-daemon off;
-events { worker_connections 64; }
-http {
-  access_log off;
-  sendfile on;
-  server { listen 127.0.0.1:$PORT; root $MIRROR; }
-}
-NGINX
-nginx -c "$W/nginx.conf" &
-NGINX_PID=$!
+start_mirror_nginx "$W" "$PORT" "$MIRROR"
 MNT=$W/mnt
 cleanup() { mountpoint -q "$MNT" && umount "$MNT"; kill "$NGINX_PID" 2>/dev/null || true; wait "$NGINX_PID" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -134,7 +119,6 @@ for i in $(seq "$RUNS"); do
   done
 done
 
-median() { sort -n | awk '{a[NR]=$1} END { if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2 }'; }
 col() { echo "${RESULTS[$1]}" | grep -v '^$' | awk -v c="$2" '{print $c}' | median; }
 
 printf '\nkubernetes %s from a loopback mirror, %s MiB of Go binaries, %s runs, %s cores (medians)\n\n' "$VERSION" "$CORPUS_MIB" "$RUNS" "$(nproc)"

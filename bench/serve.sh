@@ -22,15 +22,9 @@ PORT_NGINX=$((PORT_COMPOSER + 1))
 VERSION=v1.31.3
 KUBECTLS=${BENCH_KUBECTLS:-/usr/lib/google-cloud-sdk/bin}
 
-need=()
-for pkg_cmd in nginx:nginx wrk:wrk curl:curl; do
-  command -v "${pkg_cmd#*:}" >/dev/null || need+=("${pkg_cmd%%:*}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || { echo "bench/serve.sh: install ${need[*]} (or run as root)" >&2; exit 1; }
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+need_packages bench/serve.sh nginx:nginx wrk:wrk curl:curl
 
 cargo build --release -p bakery -p composer --quiet
 BAKERY=$ROOT/target/release/bakery
@@ -113,7 +107,6 @@ measure() {
     / requests in / { n = $1 } /^Requests\/sec:/ { r = $2 }
     END { printf "%s %.1f\n", r, (a - b) * t / n }' <<< "$out"
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A rps cpu
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"

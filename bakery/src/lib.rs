@@ -6,6 +6,7 @@ pub mod checksums;
 pub mod cli;
 pub mod create;
 pub mod fetch;
+pub mod fuzz;
 pub mod image;
 pub mod inspect;
 pub mod lint;

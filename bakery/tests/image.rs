@@ -296,9 +296,9 @@ fn superblock_and_layout() {
     assert_eq!(le16(&b, 22), 17, "block log");
     let flags = le16(&b, 24);
     assert_eq!(flags & 0x200, 0x200, "NO_XATTRS");
-    // bakery's default zstd level (16) is not squashfs-tools' (15), so it is recorded.
+    // bakery's default zstd level (10) is not squashfs-tools' (15), so it is recorded.
     assert_eq!(flags & 0x400, 0x400, "compressor options");
-    assert_eq!(&b[96..102], &[4, 0x80, 16, 0, 0, 0], "stored options block: level 16");
+    assert_eq!(&b[96..102], &[4, 0x80, 10, 0, 0, 0], "stored options block: level 10");
     assert_eq!(le16(&b, 26), 1, "one id");
     assert_eq!((le16(&b, 28), le16(&b, 30)), (4, 0));
     let bytes_used = le64(&b, 40);

@@ -14,7 +14,7 @@ use clap::Parser;
 use serde::Serialize;
 
 pub use docs::{long_helps, man_pages, write_completions, write_man_pages, CompletionsArgs, DocCommand, ManArgs};
-pub use net::NetArgs;
+pub use net::{NetArgs, RegistryArgs, Remote, RemoteArgs};
 
 /// Parses `args` (including the program name), runs the command, prints any error with its
 /// full context chain, and returns the exit code: 0 on success, 1 when the command failed,
@@ -39,6 +39,29 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// Defines a binary's two public entry points from its clap type and its `run` function:
+/// `main_from_iter` (what `main.rs` and in-process CLI tests call) and `command` (the clap
+/// definition, for generated documentation and help snapshots).
+#[macro_export]
+macro_rules! entry_points {
+    ($cli:ty, $run:path) => {
+        /// Parses `args` (including the program name), runs the command, prints any error with
+        /// its full context chain, and returns the process exit code.
+        pub fn main_from_iter<I, T>(args: I) -> ::std::process::ExitCode
+        where
+            I: IntoIterator<Item = T>,
+            T: Into<::std::ffi::OsString> + Clone,
+        {
+            $crate::main_from_iter(args, $run)
+        }
+
+        /// The clap definition, for generated documentation and tests.
+        pub fn command() -> ::clap::Command {
+            <$cli as ::clap::CommandFactory>::command()
+        }
+    };
 }
 
 /// Prints `value` as pretty JSON on stdout, the form `--json` promises scripts.

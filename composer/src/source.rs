@@ -8,18 +8,19 @@
 //! expiry and serial checked, the newest matching version for the target's architecture
 //! chosen, and the artifact downloaded with its size and digests verified while it streams.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use release_index::client::{Client, ClientError, TrustedIndex};
+use release_index::client::{Accepted, Client, ClientError, TrustedIndex};
 use release_index::image::ImageError;
 use release_index::index::Artifact;
 use release_index::source::Backend;
 use serde::Serialize;
-use signing::{PublicKey, Sha256Digest};
+use signing::{KeyId, PublicKey, Sha256Digest};
 use sysext_model::{Arch, BaseUrl, ChannelRef, ExtensionRelease, ImageName};
 
 use crate::scratch::ScratchDir;
@@ -82,9 +83,60 @@ impl ReleaseIndex {
     pub fn open(source: Arc<dyn Backend>, pubkey: PublicKey, min_serial: Option<u64>) -> Result<Self, SourceError> {
         // No state file: building disk images is not a node following a release; a caller
         // who has seen a serial passes it as the floor instead.
-        let client = Client::new(source, pubkey, None).with_min_serial(min_serial);
+        Self::open_after(source, pubkey, min_serial, None, BTreeSet::new())
+    }
+
+    /// Like [`ReleaseIndex::open`], also refusing an index older than (or forked from) one
+    /// accepted before, which the caller (the node agent) keeps in its own state, and one
+    /// signed by a key in `retired` (retired by rotations followed through other locations).
+    pub fn open_after(
+        source: Arc<dyn Backend>,
+        pubkey: PublicKey,
+        min_serial: Option<u64>,
+        accepted: Option<Accepted>,
+        retired: BTreeSet<KeyId>,
+    ) -> Result<Self, SourceError> {
+        let client =
+            Client::new(source, pubkey, None).with_min_serial(min_serial).with_accepted(accepted).with_retired(retired);
         let trusted = client.fetch_index()?;
         Ok(Self { client, trusted })
+    }
+
+    /// The release the index was read from.
+    pub fn source(&self) -> &dyn Backend {
+        self.client.source()
+    }
+
+    /// The release's OpenPGP keyring for stock systemd-sysupdate (`import-pubring.gpg`), when
+    /// the signed index names an OpenPGP key: read and checked to hold exactly that key, so
+    /// nodes that follow the release with sysupdate can get `Verify=yes`.
+    pub fn openpgp_keyring(&self) -> Result<Option<Vec<u8>>, SourceError> {
+        let Some(want) = self.trusted.index.openpgp_fingerprint else { return Ok(None) };
+        let name = release_index::layout::KEYRINGS[0];
+        let source = self.client.source();
+        let bad = |reason: String| SourceError::Keyring { location: source.location(name), reason };
+        let bytes = source
+            .read(name, 1 << 20)
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad("missing, though the signed index names an OpenPGP key".into()))?;
+        signing::openpgp::Cert::parse_release_keyring(&bytes, want).map_err(|e| bad(e.to_string()))?;
+        Ok(Some(bytes))
+    }
+
+    /// Downloads `artifact` into `dest_dir`, size and digests checked against the signed
+    /// index while it streams (the file appears only once verified, synced), then checks
+    /// that the image says what the index says: its extension-release fields.
+    pub fn download(&self, artifact: &Artifact, dest_dir: &Path) -> Result<(PathBuf, ExtensionRelease), SourceError> {
+        let path = self.client.fetch_artifact(artifact, dest_dir)?;
+        let identity = release_index::image::identity(&path, &artifact.file)?;
+        if identity.extension_release != artifact.extension_release {
+            return Err(SourceError::IndexMismatch {
+                path,
+                inside: identity.extension_release.fields().clone(),
+                indexed: artifact.extension_release.fields().clone(),
+            });
+        }
+        Ok((path, identity.extension_release))
     }
 
     /// The URL the release is served from, as the signed index states it.
@@ -100,6 +152,22 @@ impl ReleaseIndex {
     /// The verified index.
     pub fn trusted(&self) -> &TrustedIndex {
         &self.trusted
+    }
+
+    /// Where the release was read from.
+    pub fn location(&self) -> String {
+        self.client.source().name()
+    }
+
+    /// Whether the release is in an OCI registry (artifacts have blob URLs, no file layout).
+    pub fn in_registry(&self) -> bool {
+        self.client.source().blob_url(&Sha256Digest::of(b"")).is_some()
+    }
+
+    /// A URL any HTTP client can fetch the artifact with this sha256 from, when the release is
+    /// in a registry (its blob URL); `None` for directories and HTTP servers.
+    pub fn blob_url(&self, sha256: &Sha256Digest) -> Option<String> {
+        self.client.source().blob_url(sha256)
     }
 
     /// The newest artifact of `channel` for `arch`, without downloading it; the error lists
@@ -215,6 +283,14 @@ pub enum SourceError {
     /// The index refused, or an artifact did not verify.
     #[error(transparent)]
     Index(#[from] ClientError),
+    /// The release's OpenPGP keyring is missing or not the key its index names.
+    #[error("{location}: {reason}")]
+    Keyring {
+        /// Where it was read.
+        location: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// The index has no such extension.
     #[error("{channel}: the index (serial {serial}) has no extension '{}'; available: {available}", channel.name)]
     UnknownExtension {
@@ -270,21 +346,13 @@ pub fn resolve_channel(channel: &ChannelRef, opts: ResolveOptions<'_>) -> Result
     let arch = opts.arch.ok_or_else(|| SourceError::NeedsArch { channel: channel.clone() })?;
     let artifact = index.lookup(channel, arch)?;
     let dir = scratch()?;
-    let path = index.client.fetch_artifact(artifact, dir.path())?;
-    let identity = release_index::image::identity(&path, &artifact.file)?;
-    if identity.extension_release != artifact.extension_release {
-        return Err(SourceError::IndexMismatch {
-            path,
-            inside: identity.extension_release.fields().clone(),
-            indexed: artifact.extension_release.fields().clone(),
-        });
-    }
+    let (path, extension_release) = index.download(artifact, dir.path())?;
     Ok(ResolvedExtension {
         source: ExtensionSource::Channel(channel.clone()),
         verified_copy: path.clone(),
         path,
         image: artifact.file.clone(),
-        extension_release: identity.extension_release,
+        extension_release,
         size: artifact.size,
         sha256: artifact.sha256,
         sha512: artifact.sha512,

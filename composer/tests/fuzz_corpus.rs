@@ -3,30 +3,13 @@
 //! every seed and every fixed crash stays covered in ordinary test runs; and checks that the
 //! seeds still mean what they were made for.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use composer::disk::gpt::{Gpt, GptError, TableCopy};
 use composer::disk::{e2fs, fsprobe};
 use composer::fuzz::{self, VirtualDisk};
 
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .map(|p| {
-            let bytes = std::fs::read(&p).unwrap();
-            (p, bytes)
-        })
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} has no seeds", dir.display());
-    files
-}
-
-fn seed(target: &str, name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target).join(name)).unwrap()
-}
+use sysext_tests::corpus::{seed, seeds as corpus};
 
 fn table(name: &str) -> Result<Gpt, GptError> {
     let bytes = seed("gpt", name);

@@ -117,29 +117,14 @@ fn refuses_an_extension_file_named_for_another_version() {
 
 fn min_serial_refuses_a_replayed_older_release() {
     let Case { exts, work } = case();
-    let keys = work.path().join("keys");
-    signing::keygen(&keys).unwrap();
-    let key = signing::PrivateKey::read_pem(&keys.join("private.pem")).unwrap();
-    let release = work.path().join("release");
-    let images: Vec<_> = [&exts.cni].iter().map(|p| bakery::release::new_image(p).unwrap()).collect();
-    let opts = release_index::publish::PublishOptions {
-        release_dir: &release,
-        key: &key,
-        base_url: Some("https://sysext.example.org/ext/".parse().unwrap()),
-        valid_for: std::time::Duration::from_secs(86_400),
-        now: release_index::timestamp::Timestamp::now(),
-        keep_generations: 3,
-        fail_after: None,
-    };
-    release_index::publish::publish(&images, &opts).unwrap();
+    let (release, pubkey, publisher) = signed_release(work.path(), &[&exts.cni]);
     // Re-signing publishes serial 2; generation 1 stays on disk, as an attacker's mirror
     // would keep serving it.
-    release_index::publish::publish(&[], &opts).unwrap();
+    publisher.publish(&[]);
     let old = work.path().join("release.generations/0000000001");
     assert!(old.join("index.json").is_file(), "generation 1 is kept");
 
     let disk = flatcar_disk(work.path());
-    let pubkey = keys.join("public.pem");
     let run = |index: &Path, min: &str| {
         composer()
             .args(["check", "-e", "cni@latest", "--image"])
@@ -206,7 +191,7 @@ fn installs_the_verified_private_copy() {
     .unwrap();
     let verdict =
         composer::compose::Verdict { extension: resolved.clone(), accepted: sysext_model::compat::Accepted::AnyId };
-    let plan = composer::compose::node_plan(&target, &[verdict], None);
+    let plan = composer::compose::node_plan(&target, &[verdict], None, None);
     let (_, planned) = plan.images().next().unwrap();
     assert_eq!(planned.source, composer::plan::ImageSource::Local(resolved.verified_copy.clone()));
     drop(resolved);

@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,28 +15,6 @@ use sysext_tests::disk::{self, DiskSpec};
 use sysext_tests::sandbox::FLATCAR_OS_RELEASE;
 
 const RUNS: usize = 30;
-
-/// A squashfs extension with `ID=_any` and a few MiB of incompressible payload.
-fn extension(dir: &Path, arch: sysext_tests::Arch) -> PathBuf {
-    let tree = dir.join("tree");
-    std::fs::create_dir_all(tree.join("usr/lib/extension-release.d")).unwrap();
-    std::fs::create_dir_all(tree.join("usr/share/kill")).unwrap();
-    std::fs::write(
-        tree.join("usr/lib/extension-release.d/extension-release.kill"),
-        format!("ID=_any\nARCHITECTURE={arch}\n"),
-    )
-    .unwrap();
-    std::fs::write(tree.join("usr/share/kill/payload"), sysext_tests::noise(7, 4 << 20)).unwrap();
-    let image = dir.join(format!("kill-1.0-{arch}.raw"));
-    let st = Command::new("mksquashfs")
-        .arg(&tree)
-        .arg(&image)
-        .args(["-all-root", "-noappend", "-quiet", "-noI", "-noD", "-noF", "-noX"])
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    image
-}
 
 /// xorshift64*: the same delays on every run of the test.
 struct Rng(u64);
@@ -70,7 +48,7 @@ fn killed_runs_leave_nothing_half_done() {
     for d in [&tmp, &outs] {
         std::fs::create_dir(d).unwrap();
     }
-    let ext = extension(work.path(), arch);
+    let ext = squashfs_extension(work.path(), "kill", "1.0", arch, 7, 4 << 20);
     let ext_sha = sha256(&ext);
     let mut spec = DiskSpec::new(FLATCAR_OS_RELEASE, arch);
     spec.root_mib = 32;

@@ -6,12 +6,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::namespace::{namespace_prelude, run_in_namespace};
 use common::*;
-use composer::plan::{Entry, ImageSource, NodeOs, NodePlan, PlanRequest, PlannedImage};
+use composer::node::config::NodeConfig;
+use composer::plan::{AgentFiles, Entry, ImageSource, NodeOs, NodePlan, PlanRequest, PlannedImage};
 use composer::provision::ignition::{data_url, decode_data_url};
 use serde_json::Value;
 use sysext_tests::harness::Need;
@@ -27,12 +29,14 @@ struct Release {
     work: tempfile::TempDir,
     dir: PathBuf,
     pubkey: PathBuf,
+    /// The composer extension, when published too.
+    composer: Option<&'static Path>,
 }
 
 fn published() -> Release {
     let Case { exts, work } = case();
     let (dir, pubkey) = release(work.path(), exts);
-    Release { exts, work, dir, pubkey }
+    Release { exts, work, dir, pubkey, composer: None }
 }
 
 impl Release {
@@ -71,34 +75,36 @@ impl Release {
     /// The plan the config must render, built here from the image files themselves.
     fn plan(&self, os: NodeOs, channels: &[&str], base: &str, sysupdate: bool) -> NodePlan {
         let base: sysext_model::BaseUrl = base.parse().unwrap();
-        let images: Vec<PlannedImage> = self
-            .images(channels)
-            .iter()
-            .map(|p| {
-                let d = signing::Digests::of(&std::fs::read(p).unwrap());
-                let file = p.file_name().unwrap().to_str().unwrap();
-                PlannedImage {
-                    image: file.parse().unwrap(),
-                    size: d.size,
-                    sha256: d.sha256,
-                    sha512: d.sha512,
-                    source: ImageSource::Url(base.join(file)),
-                }
-            })
-            .collect();
-        NodePlan::build(&PlanRequest { os, images: &images, sysupdate: sysupdate.then_some(&base) })
+        let images: Vec<PlannedImage> = self.images(channels).iter().map(|p| planned_image(p, base.as_str())).collect();
+        NodePlan::build(&PlanRequest { os, images: &images, sysupdate: sysupdate.then_some(&base), keyring: None })
     }
 
     /// Replaces what differs between architectures and runs: digests, sizes, the arch.
     fn redact(&self, text: &str) -> String {
         let mut s = text.to_owned();
-        for p in self.exts.all() {
+        // The key pair is new every run; its base64 line is the part that differs (in a data
+        // URL, `+` is percent-encoded).
+        let pem = std::fs::read_to_string(&self.pubkey).unwrap();
+        let b64 = pem.lines().find(|l| !l.starts_with("-----")).unwrap();
+        s = s.replace(b64, "[PUBKEY]").replace(&b64.replace('+', "%2B"), "[PUBKEY]");
+        for p in self.exts.all().into_iter().chain(self.composer) {
             let d = signing::Digests::of(&std::fs::read(p).unwrap());
             s = s.replace(&d.sha512.to_hex(), "[SHA512]").replace(&d.sha256.to_hex(), "[SHA256]");
             s = s.replace(&format!(" {} ", d.size), " [SIZE] ");
         }
-        s.replace(self.exts.arch.as_str(), "[ARCH]")
+        s.replace(&format!("composer-{COMPOSER_VERSION}-"), "composer-[VERSION]-")
+            .replace(self.exts.arch.as_str(), "[ARCH]")
     }
+}
+
+/// A release that also carries the composer extension built from this build's binary
+/// (serial 2), for `--agent`.
+fn published_with_agent() -> Release {
+    let mut r = published();
+    let image = composer_extension();
+    bakery_publish(&r.dir, &r.work.path().join("keys/private.pem"), &[image], &[]);
+    r.composer = Some(image);
+    r
 }
 
 fn json(path: &Path) -> Value {
@@ -155,10 +161,9 @@ fn expected_ignition_entries(plan: &NodePlan) -> BTreeMap<String, Value> {
                         "verification": {"hash": format!("sha512-{}", image.sha512.to_hex())}}}),
                 )
             }
-            Entry::File { path, mode, contents } => (
-                "files",
-                serde_json::json!({"path": path, "mode": mode, "contents": {"source": data_url(contents.as_bytes())}}),
-            ),
+            Entry::File { path, mode, contents } => {
+                ("files", serde_json::json!({"path": path, "mode": mode, "contents": {"source": data_url(contents)}}))
+            }
             Entry::Link { path, target, replace } => {
                 let mut link = serde_json::json!({"path": path, "target": target, "hard": false});
                 if *replace {
@@ -221,14 +226,21 @@ fn butane_translates_to_the_same_ignition() {
     assert!(text.starts_with("variant: flatcar\nversion: 1.0.0\n"), "{text}");
     insta::assert_snapshot!("butane", r.redact(&text));
 
+    let doc = butane_to_ignition(&butane, &r.work.path().join("translated.ign"));
+    assert_eq!(ignition_entries(&doc), ignition_entries(&json(&ignition)));
+}
+
+/// Butane → Ignition by Butane's rules for variant flatcar 1.0.0 (for the keys composer
+/// writes), read with Python's YAML parser; the result is written to `out` and must pass
+/// ignition-validate.
+fn butane_to_ignition(butane: &Path, out: &Path) -> Value {
     let o = Command::new("python3")
         .args(["-c", "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)"])
-        .arg(&butane)
+        .arg(butane)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let mut doc: Value = serde_json::from_slice(&o.stdout).unwrap();
-    // Butane → Ignition, for the keys composer writes.
     assert_eq!((doc["variant"].as_str(), doc["version"].as_str()), (Some("flatcar"), Some("1.0.0")));
     let obj = doc.as_object_mut().unwrap();
     obj.remove("variant");
@@ -239,11 +251,10 @@ fn butane_translates_to_the_same_ignition() {
             f["contents"]["source"] = Value::String(data_url(inline.as_str().unwrap().as_bytes()));
         }
     }
-    let translated = r.work.path().join("translated.ign");
-    std::fs::write(&translated, doc.to_string()).unwrap();
-    let (ok, msg) = ignition_validate(&translated);
+    std::fs::write(out, doc.to_string()).unwrap();
+    let (ok, msg) = ignition_validate(out);
     assert!(ok, "the translated Butane does not validate:\n{msg}");
-    assert_eq!(ignition_entries(&doc), ignition_entries(&json(&ignition)));
+    doc
 }
 
 /// The cloud-config passes `cloud-init schema`, and the script it writes passes `sh -n` and
@@ -329,53 +340,6 @@ fn run_script(script: &Path, root: &Path, path: &Path) -> Output {
         .env("COMPOSER_PROVISION_BACKOFF", "0")
         .output()
         .unwrap()
-}
-
-/// Everything under `root`: kind, mode, and bytes or link target, one line per entry.
-fn tree(root: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        entries.sort();
-        for p in entries {
-            let rel = format!("/{}", p.strip_prefix(root).unwrap().display());
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            let mode = meta.mode() & 0o7777;
-            if meta.file_type().is_symlink() {
-                out.push(format!("symlink {rel} -> {}", std::fs::read_link(&p).unwrap().display()));
-            } else if meta.is_dir() {
-                out.push(format!("dir {mode:o} {rel}"));
-                walk(root, &p, out);
-            } else {
-                out.push(format!("file {mode:o} {rel} sha256 {}", sha256(&p)));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out
-}
-
-/// Every entry of the plan is in `root` as planned, and the enabled unit is linked.
-fn assert_root_holds(root: &Path, plan: &NodePlan) {
-    let lines = tree(root);
-    for e in &plan.entries {
-        let want = match e {
-            Entry::Dir { path } => format!("dir 755 {path}"),
-            Entry::Image { path, image } => format!("file 644 {path} sha256 {}", image.sha256),
-            Entry::File { path, mode, contents } => {
-                format!("file {mode:o} {path} sha256 {}", signing::Sha256Digest::of(contents.as_bytes()))
-            }
-            Entry::Link { path, target, .. } => format!("symlink {path} -> {target}"),
-        };
-        assert!(lines.contains(&want), "missing '{want}' in:\n{}", lines.join("\n"));
-    }
-    for u in plan.enable.iter().filter(|u| !u.by_os) {
-        let want = format!("symlink {} -> /usr/lib/systemd/system/{}", u.link(), u.name);
-        assert!(lines.contains(&want), "missing '{want}' in:\n{}", lines.join("\n"));
-    }
-    let leftovers: Vec<_> =
-        lines.iter().filter(|l| l.contains(".composer-provision.") || l.contains(".composer-new")).collect();
-    assert!(leftovers.is_empty(), "scratch files left: {leftovers:?}");
 }
 
 /// The script installs exactly the plan (images verified, transfer files, links, the
@@ -494,7 +458,6 @@ fn cloud_init_script_merges_for_real() {
     let base = server.url_for("/ext/");
     let script = script_for(&r, &CHANNELS, &base, "node.sh");
     let d = r.work.path();
-    std::fs::write(d.join("os-release"), sysext_tests::sandbox::UBUNTU_OS_RELEASE).unwrap();
     let bins = bin_dir(&d.join("bin"), &["curl"]);
     let log = d.join("systemctl.log");
     let stub = bins.join("systemctl");
@@ -510,25 +473,15 @@ fn cloud_init_script_merges_for_real() {
     std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
     let q = |p: &Path| format!("'{}'", p.display());
     let sh = format!(
-        "set -eu
-mount --make-rshared /
-mount -t tmpfs tmpfs /run
-mkdir -p {d}/etc-up {d}/etc-work
-mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc-up,workdir={d}/etc-work /etc
-mount -t tmpfs tmpfs /opt
-rm -f /etc/os-release && cp {d}/os-release /etc/os-release
-mount --bind {d}/os-release /usr/lib/os-release
-trap 'systemd-sysext unmerge >/dev/null 2>&1 || true' EXIT
-env -i PATH={bins} COMPOSER_PROVISION_BACKOFF=0 /bin/sh {script}
+        "{prelude}env -i PATH={bins} COMPOSER_PROVISION_BACKOFF=0 /bin/sh {script}
 for f in kubelet kubeadm containerd; do test -x /usr/bin/$f || {{ echo \"$f not merged\" >&2; exit 1; }}; done
 ls -l /etc/extensions /etc/systemd/system/sysinit.target.wants
 ",
-        d = q(d),
+        prelude = namespace_prelude(d),
         bins = q(&bins),
         script = q(&script)
     );
-    let before = sysext_tests::sandbox::attached_loop_devices();
-    let o = Command::new("unshare").args(["-m", "sh", "-c", &sh]).output().unwrap();
+    let o = run_in_namespace(&sh);
     assert!(o.status.success(), "stdout:\n{}\nstderr:\n{}", stdout(&o), stderr(&o));
     assert!(stderr(&o).contains("extensions installed, merged and started"), "{}", stderr(&o));
     assert!(
@@ -540,17 +493,6 @@ ls -l /etc/extensions /etc/systemd/system/sysinit.target.wants
         std::fs::read_to_string(&log).unwrap(),
         "restart systemd-sysext.service\ndaemon-reload\nstart multi-user.target\n"
     );
-    // systemd-sysext attaches with autoclear: the kernel detaches once the last mount is gone,
-    // which can lag the unmount by a moment.
-    let mut left = Vec::new();
-    for _ in 0..50 {
-        left = sysext_tests::sandbox::attached_loop_devices().into_iter().filter(|l| !before.contains(l)).collect();
-        if left.is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(left.is_empty(), "loop devices left: {left:?}");
 }
 
 // ---- --base and refusals ----
@@ -666,7 +608,8 @@ fn refusals_say_what_is_available() {
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("signature does not verify"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("index.json.sig: signed by key"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("which this client does not trust"), "{}", stderr(&o));
     let leftovers: Vec<_> = std::fs::read_dir(w)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -686,6 +629,8 @@ fn refuses_an_image_the_os_would_not_merge() {
     let opts = release_index::publish::PublishOptions {
         release_dir: &release,
         key: &key,
+        rotation: None,
+        openpgp: false,
         base_url: Some(INDEX_BASE.parse().unwrap()),
         valid_for: std::time::Duration::from_secs(86_400),
         now: release_index::timestamp::Timestamp::now(),
@@ -707,6 +652,163 @@ fn refuses_an_image_the_os_would_not_merge() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("is built for ID=ubuntu, which Flatcar nodes do not merge"), "{}", stderr(&o));
     assert_ok(&run("cloud-init"));
+}
+
+// ---- --agent ----
+
+/// The plan an `--agent` config renders: the composer image (pinned by digest, from `base`),
+/// its link, systemd-sysext enabled, and the agent's files (`config` as the config carries
+/// it, the release key, the unit) with composer-node-sync.service enabled.
+fn agent_plan(r: &Release, os: NodeOs, base: &str, config: &str) -> NodePlan {
+    let image = r.composer.expect("a release with the composer extension");
+    let planned = planned_image(image, base.parse::<sysext_model::BaseUrl>().unwrap().as_str());
+    let files = AgentFiles {
+        config: config.to_owned(),
+        pubkey: std::fs::read_to_string(&r.pubkey).unwrap(),
+        unit: composer::node::unit::unit(),
+        auto_upgrade: false,
+    };
+    NodePlan::build(&PlanRequest { os, images: &[planned], sysupdate: None, keyring: None }).with_agent(&files)
+}
+
+/// The node.toml a config carries: the index nodes read (`base`), the channels and the
+/// agent's own, the architecture, the OS and the serial seen when provisioning.
+fn assert_node_config(r: &Release, text: &str, base: &str, os: NodeOs) {
+    let config = NodeConfig::parse(Path::new("node.toml"), text).unwrap();
+    let mut extensions: Vec<sysext_model::ChannelRef> = CHANNELS.iter().map(|c| c.parse().unwrap()).collect();
+    extensions.push("composer@latest".parse().unwrap());
+    assert_eq!(
+        config,
+        NodeConfig {
+            index: base.parse().unwrap(),
+            pubkey: "/etc/composer/release.pub".into(),
+            extensions,
+            arch: Some(r.exts.arch),
+            os: Some(os),
+            min_serial: Some(2),
+            sysupdate: false,
+        }
+    );
+    assert!(text.starts_with("# What this node follows"), "{text}");
+}
+
+/// The contents of the file at `path` in an Ignition config (a `data:` URL).
+fn ignition_file(config: &Value, path: &str) -> String {
+    let file = config["storage"]["files"].as_array().unwrap().iter().find(|f| f["path"] == path).unwrap();
+    String::from_utf8(decode_data_url(file["contents"]["source"].as_str().unwrap()).unwrap()).unwrap()
+}
+
+/// `systemd-analyze verify` accepts `unit` without a word, with ExecStart pointing at this
+/// build's composer (on the node it is the merged /usr/bin/composer).
+fn assert_unit_verifies(unit: &str, dir: &Path) {
+    let path = dir.join("composer-node-sync.service");
+    std::fs::write(&path, unit.replace("/usr/bin/composer", env!("CARGO_BIN_EXE_composer"))).unwrap();
+    let o = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    assert!(o.status.success() && o.stdout.is_empty() && o.stderr.is_empty(), "{}{}", stdout(&o), stderr(&o));
+}
+
+/// With `--agent`, every format installs the agent instead of pinning the extensions: the
+/// composer extension from the same release pinned by SHA-512 like any image, node.toml with
+/// the channels, the release key and composer-node-sync.service enabled, and no other image.
+/// ignition-validate, cloud-init schema, shellcheck and systemd-analyze verify accept what
+/// they read of it; Butane translates to the same Ignition.
+fn agent_configs_validate_and_install_the_agent() {
+    let r = published_with_agent();
+    let ign = r.render("ignition", &CHANNELS, &["--agent"]);
+    let (ok, msg) = ignition_validate(&ign);
+    assert!(ok, "ignition-validate refused it:\n{msg}");
+    let config = json(&ign);
+    let toml = ignition_file(&config, "/etc/composer/node.toml");
+    assert_node_config(&r, &toml, INDEX_BASE, NodeOs::Flatcar);
+    assert_eq!(
+        ignition_entries(&config),
+        expected_ignition_entries(&agent_plan(&r, NodeOs::Flatcar, INDEX_BASE, &toml))
+    );
+    let text = std::fs::read_to_string(&ign).unwrap();
+    for ext in ["kubernetes-v", "containerd-2", "cni-v"] {
+        assert!(!text.contains(ext), "{ext} is pinned in an --agent config");
+    }
+    insta::assert_snapshot!("ignition-agent", r.redact(&text));
+    let unit = ignition_file(&config, "/etc/systemd/system/composer-node-sync.service");
+    assert_eq!(unit, composer::node::unit::unit());
+    assert_unit_verifies(&unit, r.work.path());
+    // The upgrade service and timer are installed; the timer is enabled with --auto-upgrade.
+    assert_eq!(ignition_file(&config, composer::node::unit::UPGRADE_TIMER_PATH), composer::node::unit::upgrade_timer());
+    assert_eq!(ignition_file(&config, composer::node::unit::UPGRADE_UNIT_PATH), composer::node::unit::upgrade_unit());
+    let auto = json(&r.render("ignition", &CHANNELS, &["--agent", "--auto-upgrade"]));
+    let units = auto["systemd"]["units"].as_array().unwrap();
+    assert!(
+        units.iter().any(|u| u["name"] == composer::node::unit::UPGRADE_TIMER && u["enabled"] == true),
+        "{units:#?}"
+    );
+    let before = config["systemd"]["units"].as_array().unwrap();
+    assert!(!before.iter().any(|u| u["name"] == composer::node::unit::UPGRADE_TIMER), "enabled only on request");
+
+    let bu = r.render("butane", &CHANNELS, &["--agent"]);
+    insta::assert_snapshot!("butane-agent", r.redact(&std::fs::read_to_string(&bu).unwrap()));
+    let doc = butane_to_ignition(&bu, &r.work.path().join("translated.ign"));
+    assert_eq!(ignition_entries(&doc), ignition_entries(&config));
+
+    let cc = r.render("cloud-init", &CHANNELS, &["--agent"]);
+    let (ok, msg) = cloud_init_schema(&cc);
+    assert!(ok, "cloud-init schema refused it:\n{msg}");
+    let text = std::fs::read_to_string(&cc).unwrap();
+    insta::assert_snapshot!("cloud-config-agent", r.redact(&text));
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let script = r.work.path().join("agent.sh");
+    std::fs::write(&script, doc["write_files"][0]["content"].as_str().unwrap()).unwrap();
+    let (ok, msg) = tool(Command::new("sh").arg("-n").arg(&script));
+    assert!(ok, "sh -n: {msg}");
+    let (ok, msg) = tool(Command::new("shellcheck").args(["-s", "sh"]).arg(&script));
+    assert!(ok, "shellcheck:\n{msg}");
+}
+
+/// `--agent` refuses what cannot work: with --sysupdate, the agent's own extension as an
+/// --extension, a release without a composer extension, a channel that matches nothing.
+fn agent_refusals_name_the_problem() {
+    let plain = published();
+    let r = published_with_agent();
+    let refused = |r: &Release, channels: &[&str], extra: &[&str], needle: &str| {
+        let o = r.provision("ignition", channels, extra);
+        assert!(!o.status.success(), "accepted {channels:?} {extra:?}");
+        assert!(stderr(&o).contains(needle), "no '{needle}' in:\n{}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+    };
+    refused(&r, &CHANNELS, &["--agent", "--sysupdate"], "cannot be used with");
+    refused(
+        &r,
+        &["cni@latest", "composer@latest"],
+        &["--agent"],
+        "--extension composer@latest: with --agent, the composer image is the agent's own",
+    );
+    refused(&plain, &CHANNELS, &["--agent"], "has no extension 'composer'; available: cni, containerd, kubernetes");
+    refused(&r, &CHANNELS, &["--agent", "--agent-channel", "composer@9"], "composer@9: no");
+    refused(&r, &["kubernetes@1.40"], &["--agent"], "kubernetes@1.40: no");
+}
+
+/// The cloud-init script of an `--agent` config installs the agent on a scratch root: the
+/// verified composer image and its link, node.toml naming the server, the key, the unit and
+/// its enablement link (to the unit the plan wrote into /etc/systemd/system).
+fn cloud_init_agent_script_installs_the_agent() {
+    let r = published_with_agent();
+    let server = serve(&r.dir);
+    let base = server.url_for("/ext/");
+    let cc = r.render("cloud-init", &CHANNELS, &["--agent", "--base-url", &base]);
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(cc).unwrap()).unwrap();
+    let script = r.work.path().join("agent.sh");
+    std::fs::write(&script, doc["write_files"][0]["content"].as_str().unwrap()).unwrap();
+    let root = scratch_root(&r.work.path().join("root"));
+    let o = run_script(&script, &root, &bin_dir(&r.work.path().join("bin"), &["curl"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let toml = std::fs::read_to_string(root.join("etc/composer/node.toml")).unwrap();
+    assert_node_config(&r, &toml, &base, NodeOs::Ubuntu);
+    assert_root_holds(&root, &agent_plan(&r, NodeOs::Ubuntu, &base, &toml));
+    assert_eq!(
+        std::fs::read_link(root.join("etc/systemd/system/multi-user.target.wants/composer-node-sync.service")).unwrap(),
+        Path::new("/etc/systemd/system/composer-node-sync.service")
+    );
+    let images: Vec<String> = server.requests().into_iter().filter(|l| l.contains(".raw")).collect();
+    assert_eq!(images.len(), 1, "only the composer image: {images:?}");
 }
 
 fn main() -> std::process::ExitCode {
@@ -737,5 +839,15 @@ fn main() -> std::process::ExitCode {
             .tools(&["ignition-validate", "cloud-init"]),
         sysext_tests::test!(refusals_say_what_is_available).needs(host()),
         sysext_tests::test!(refuses_an_image_the_os_would_not_merge).needs(host()),
+        sysext_tests::test!(agent_configs_validate_and_install_the_agent).needs(host()).tools(&[
+            "ignition-validate",
+            "python3",
+            "cloud-init",
+            "sh",
+            "shellcheck",
+            "systemd-analyze",
+        ]),
+        sysext_tests::test!(agent_refusals_name_the_problem).needs(host()),
+        sysext_tests::test!(cloud_init_agent_script_installs_the_agent).needs(host()).tools(&["sh", "curl"]),
     ])
 }

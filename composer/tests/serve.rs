@@ -3,12 +3,16 @@
 //! client over HTTP, and raw TCP where a client would normalise the request. Every server is a
 //! subprocess of the composer binary on 127.0.0.1:0, killed when its handle drops.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use common::server::Server;
 
 use release_index::client::Client;
 use release_index::publish::{publish, PublishOptions};
@@ -23,9 +27,9 @@ use reqwest::StatusCode;
 use signing::{PrivateKey, Sha256Digest};
 use sysext_tests::{noise, Arch, FakeUpstream, FixtureServer};
 
-const K8S: &str = "v1.31.3";
+use common::{bake, CNI, K8S};
+
 const K8S_NEXT: &str = "v1.31.4";
-const CNI: &str = "v1.6.2";
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const REVALIDATE: &str = "public, no-cache";
 /// Marks bytes that must never leave the server.
@@ -45,27 +49,7 @@ fn images() -> &'static [PathBuf] {
         up.kubernetes(K8S).kubernetes(K8S_NEXT).cni(CNI);
         [("kubernetes", K8S), ("cni", CNI), ("kubernetes", K8S_NEXT)]
             .iter()
-            .map(|(ext, version)| {
-                let code = bakery::cli::main_from_iter([
-                    "bakery",
-                    "create",
-                    ext,
-                    version,
-                    "--arch",
-                    arch.as_str(),
-                    "--mirror",
-                    &up.mirror(),
-                    "--retries",
-                    "1",
-                    "--cache",
-                    dir.join("cache").to_str().unwrap(),
-                    "--output",
-                    dir.to_str().unwrap(),
-                    "--force",
-                ]);
-                assert_eq!(code, std::process::ExitCode::SUCCESS, "bakery create {ext} {version}");
-                dir.join(format!("{ext}-{version}-{arch}.raw"))
-            })
+            .map(|(ext, version)| bake(&dir, &up.mirror(), ext, version, arch, "_any"))
             .collect()
     })
 }
@@ -102,6 +86,8 @@ impl Release {
         let opts = PublishOptions {
             release_dir: &link,
             key: &self.key,
+            rotation: None,
+            openpgp: false,
             base_url: Some(base_url.parse().unwrap()),
             valid_for: Duration::from_secs(86_400),
             now: Timestamp::now(),
@@ -171,97 +157,6 @@ fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let l = getrlimit(Resource::Nofile);
     let _ = setrlimit(Resource::Nofile, Rlimit { current: l.maximum, maximum: l.maximum });
-}
-
-/// A running `composer serve`; killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_composer"))
-            .arg("serve")
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
-            for _ in lines {}
-        });
-        let mut server = Self { child, addr: "127.0.0.1:1".parse().unwrap(), url: String::new(), log };
-        let first = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Some(Ok(line))) => line,
-            other => panic!("no 'listening on' line ({other:?}); stderr:\n{}", server.log().join("\n")),
-        };
-        let url = first.strip_prefix("listening on ").unwrap_or_else(|| panic!("first line: {first}"));
-        let hostport = url.split("://").nth(1).unwrap().trim_end_matches('/');
-        server.addr = hostport.parse().unwrap();
-        server.url = url.to_owned();
-        server
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until a log line satisfies `pred`, and returns it.
-    fn wait_for_log(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(line) = self.log().into_iter().find(|l| pred(l)) {
-                return line;
-            }
-            assert!(Instant::now() < deadline, "no log line {what}:\n{}", self.log().join("\n"));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The access log line of the request for `path`.
-    fn request_line(&self, path: &str) -> String {
-        self.wait_for_log(path, |l| l.contains(&format!(" {path} ")))
-    }
-
-    fn signal(&self, sig: rustix::process::Signal) {
-        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), sig).unwrap();
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "still running after {within:?}:\n{}", self.log().join("\n"));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Runs composer with `args` expecting it to exit on its own (within 20 s).

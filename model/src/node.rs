@@ -19,10 +19,18 @@ pub const SYSUPDATE_DEFAULT_DIR: &str = "/etc/sysupdate.d";
 pub const SYSEXT_SERVICE: &str = "systemd-sysext.service";
 /// The timer that runs systemd-sysupdate.
 pub const SYSUPDATE_TIMER: &str = "systemd-sysupdate.timer";
+/// Where systemd-pull (which sysupdate runs for `url-file` sources) reads the keyring that
+/// `Verify=yes` checks `SHA256SUMS.gpg` against.
+pub const SYSUPDATE_KEYRING: &str = "/etc/systemd/import-pubring.gpg";
+/// Where systemd-sysupdate.timer is wanted from (its `WantedBy=`).
+pub const SYSUPDATE_WANTED_BY: &str = "timers.target";
 /// Where units are enabled by the admin.
 pub const ETC_UNITS_DIR: &str = "/etc/systemd/system";
 /// Where systemd-sysext.service is wanted from (its `WantedBy=`).
 pub const SYSEXT_WANTED_BY: &str = "sysinit.target";
+/// The unit composer installs where the OS has nothing that starts the units extensions
+/// ship once they are merged (Debian, Ubuntu); Flatcar has `ensure-sysext.service`.
+pub const SYSEXT_UNITS_SERVICE: &str = "sysext-units.service";
 /// Flatcar's built-in extensions that ship a container runtime. Installing our containerd
 /// beside them would merge two runtimes; Flatcar documents masking them with links to
 /// `/dev/null` (which also stops its tmpfiles from re-creating the links).
@@ -62,9 +70,19 @@ pub fn noop_transfer() -> String {
     format!("{SYSUPDATE_DEFAULT_DIR}/noop.conf")
 }
 
+/// `/etc/systemd/system/<unit>`: where a unit the admin (or composer) installs lives.
+pub fn etc_unit(unit: &str) -> String {
+    format!("{ETC_UNITS_DIR}/{unit}")
+}
+
+/// `/etc/systemd/system/<target>.wants`.
+pub fn wants_dir(target: &str) -> String {
+    format!("{ETC_UNITS_DIR}/{target}.wants")
+}
+
 /// The link that enables a unit for a target: `/etc/systemd/system/<target>.wants/<unit>`.
 pub fn wants_link(target: &str, unit: &str) -> String {
-    format!("{ETC_UNITS_DIR}/{target}.wants/{unit}")
+    format!("{}/{unit}", wants_dir(target))
 }
 
 #[cfg(test)]
@@ -82,6 +100,7 @@ mod tests {
             wants_link(SYSEXT_WANTED_BY, SYSEXT_SERVICE),
             "/etc/systemd/system/sysinit.target.wants/systemd-sysext.service"
         );
+        assert_eq!(etc_unit(SYSEXT_UNITS_SERVICE), "/etc/systemd/system/sysext-units.service");
         assert_eq!(link_for(FLATCAR_BUILTIN_RUNTIMES[0]), "/etc/extensions/containerd-flatcar.raw");
     }
 }

@@ -13,6 +13,11 @@
 //! kubernetes/kubernetes.conf           any version (+ .transfer)
 //! kubernetes/kubernetes-v1.31.conf     patch releases of one minor (+ .transfer)
 //! ```
+//!
+//! A release with OpenPGP signatures (the index names an `openpgp-fingerprint`) also has a
+//! detached `SHA256SUMS.gpg` next to every `SHA256SUMS`, and the keyring that checks them,
+//! `import-pubring.gpg` (the name systemd-pull up to 257 reads from `/etc/systemd/`) and the
+//! same bytes as `import-pubring.pgp` (the name newer man pages give).
 
 use std::collections::BTreeMap;
 
@@ -25,10 +30,17 @@ use sysext_model::{ExtensionName, ImageName};
 pub const INDEX: &str = "index.json";
 /// The checksum list sysupdate reads.
 pub const SUMS: &str = "SHA256SUMS";
+/// The OpenPGP keyring for `/etc/systemd/`, under both names nodes look for.
+pub const KEYRINGS: [&str; 2] = ["import-pubring.gpg", "import-pubring.pgp"];
 
 /// `<path>.sig`.
 pub fn sig(path: &str) -> String {
     format!("{path}.sig")
+}
+
+/// `<path>.gpg`: the detached OpenPGP signature systemd-pull fetches.
+pub fn gpg(path: &str) -> String {
+    format!("{path}.gpg")
 }
 
 /// `<ext>/<file>`.
@@ -51,6 +63,10 @@ pub enum Entry {
     Index,
     /// The detached signature of the file at this path (a `SHA256SUMS` or the index).
     Sig(String),
+    /// The detached OpenPGP signature of the `SHA256SUMS` at this path.
+    OpenPgpSig(String),
+    /// The OpenPGP keyring with the key the index names.
+    Keyring,
 }
 
 /// The global checksum list: every image of every extension.
@@ -74,6 +90,7 @@ pub fn extension_sums(index: &Index, name: &ExtensionName) -> Sha256Sums {
 /// Every transfer file with its content: both suffixes, because systemd < 257 (Flatcar Stable)
 /// reads only `.conf` and newer systemd prefers `.transfer`.
 pub fn transfer_files(index: &Index) -> BTreeMap<String, String> {
+    let verify = if index.openpgp_fingerprint.is_some() { transfer::Verify::Yes } else { transfer::Verify::No };
     let mut files = BTreeMap::new();
     let mut add = |stem: String, text: String| {
         files.insert(format!("{stem}.conf"), text.clone());
@@ -82,9 +99,9 @@ pub fn transfer_files(index: &Index) -> BTreeMap<String, String> {
     add("noop".into(), transfer::noop().to_owned());
     for (name, versions) in &index.extensions {
         let source = index.base_url.dir(name.as_str());
-        add(in_extension_dir(name, name.as_str()), transfer::any_version(name, &source));
+        add(in_extension_dir(name, name.as_str()), transfer::any_version(name, &source, verify));
         for version in versions.keys() {
-            if let Some((stem, text)) = transfer::patch_channel(name, version, &source) {
+            if let Some((stem, text)) = transfer::patch_channel(name, version, &source, verify) {
                 add(in_extension_dir(name, &stem), text);
             }
         }
@@ -112,6 +129,16 @@ pub fn expected(index: &Index) -> BTreeMap<String, Entry> {
     }
     for (path, text) in transfer_files(index) {
         files.insert(path, Entry::Transfer(text));
+    }
+    if index.openpgp_fingerprint.is_some() {
+        let sums: Vec<String> =
+            files.iter().filter(|(_, e)| matches!(e, Entry::Sums(_))).map(|(p, _)| p.clone()).collect();
+        for path in sums {
+            files.insert(gpg(&path), Entry::OpenPgpSig(path));
+        }
+        for keyring in KEYRINGS {
+            files.insert(keyring.to_owned(), Entry::Keyring);
+        }
     }
     files
 }
@@ -150,5 +177,20 @@ mod tests {
         let Entry::Transfer(text) = &files["kubernetes/kubernetes-v1.31.conf"] else { panic!() };
         assert!(text.contains("Path=https://example.org/ext/kubernetes/\nMatchPattern=kubernetes-v1.31.@v-%a.raw\n"));
         assert_eq!(files["kubernetes/kubernetes.conf"], files["kubernetes/kubernetes.transfer"]);
+    }
+
+    #[test]
+    fn openpgp_adds_signatures_keyrings_and_verify_yes() {
+        let mut index = crate::index::tests::sample(&["v1.31.3"]);
+        let plain = expected(&index);
+        index.openpgp_fingerprint = Some("0123456789ABCDEF0123456789ABCDEF01234567".parse().unwrap());
+        let files = expected(&index);
+        let added: Vec<&str> = files.keys().filter(|p| !plain.contains_key(*p)).map(String::as_str).collect();
+        assert_eq!(added, ["SHA256SUMS.gpg", "import-pubring.gpg", "import-pubring.pgp", "kubernetes/SHA256SUMS.gpg"]);
+        assert_eq!(files["kubernetes/SHA256SUMS.gpg"], Entry::OpenPgpSig("kubernetes/SHA256SUMS".into()));
+        let Entry::Transfer(text) = &files["kubernetes/kubernetes-v1.31.conf"] else { panic!() };
+        assert!(text.starts_with("[Transfer]\nVerify=yes\n"), "{text}");
+        let Entry::Transfer(noop) = &files["noop.conf"] else { panic!() };
+        assert!(!noop.contains("Verify"), "the no-op transfer downloads nothing");
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! The signed [`index`], the `SHA256SUMS` lists ([`sha256sums`]) and sysupdate transfer files
 //! ([`transfer`]) in Flatcar's [`layout`]; [`publish`] writes a release atomically,
+//! [`rotation`] moves it from one signing key to the next,
 //! [`verify`] checks one whole, and the [`client`] is how consumers trust an index and fetch
 //! artifacts from it. The names, versions and architectures these are made of come from
 //! `sysext_model`.
@@ -15,7 +16,9 @@ pub mod image;
 pub mod index;
 pub mod inputs;
 pub mod layout;
+pub mod oci;
 pub mod publish;
+pub mod rotation;
 pub mod sha256sums;
 pub mod source;
 pub mod timestamp;

@@ -1,17 +1,38 @@
 //! systemd-sysupdate transfer files in the layout Flatcar's sysext-bakery publishes, so
 //! existing Butane snippets and nodes keep working (see interop-formats.md B3).
 //!
-//! `Verify=false` as in Flatcar's files: sysupdate can only verify a detached OpenPGP
-//! `SHA256SUMS.gpg`, while this project signs with Ed25519; the downloaded image is still
-//! checked against the SHA256SUMS digest by sysupdate, and our node agent checks the signed
-//! index. Every file is emitted as `.conf` (systemd < 257, Flatcar Stable/LTS) and
-//! `.transfer` (systemd ≥ 257) with identical content.
+//! sysupdate can only verify a detached OpenPGP `SHA256SUMS.gpg`. A release published with
+//! OpenPGP signatures (`bakery publish --openpgp`) gets `Verify=yes`, so nodes refuse a
+//! `SHA256SUMS` that the keyring in `/etc/systemd/import-pubring.gpg` did not sign; otherwise
+//! `Verify=false` as in Flatcar's files (the downloaded image is still checked against the
+//! SHA256SUMS digest by sysupdate, and our node agent checks the Ed25519-signed index). Every
+//! file is emitted as `.conf` (systemd < 257, Flatcar Stable/LTS) and `.transfer` (systemd ≥
+//! 257) with identical content.
 
 use sysext_model::{node, BaseUrl, ExtensionName, Version};
 
-fn render(source_url: &BaseUrl, pattern: &str, name: &ExtensionName) -> String {
+/// Whether sysupdate must check `SHA256SUMS.gpg`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// `Verify=false`: the release has no OpenPGP signatures.
+    No,
+    /// `Verify=yes`: the release signs every `SHA256SUMS` with OpenPGP.
+    Yes,
+}
+
+impl Verify {
+    fn value(self) -> &'static str {
+        match self {
+            Verify::No => "false",
+            Verify::Yes => "yes",
+        }
+    }
+}
+
+fn render(source_url: &BaseUrl, pattern: &str, name: &ExtensionName, verify: Verify) -> String {
     format!(
-        "[Transfer]\nVerify=false\n[Source]\nType=url-file\nPath={source_url}\nMatchPattern={pattern}\n[Target]\nInstancesMax=3\nType=regular-file\nPath={}\nCurrentSymlink={}\n",
+        "[Transfer]\nVerify={}\n[Source]\nType=url-file\nPath={source_url}\nMatchPattern={pattern}\n[Target]\nInstancesMax=3\nType=regular-file\nPath={}\nCurrentSymlink={}\n",
+        verify.value(),
         node::image_dir(name),
         node::current_link(name),
     )
@@ -19,14 +40,19 @@ fn render(source_url: &BaseUrl, pattern: &str, name: &ExtensionName) -> String {
 
 /// `<ext>.conf`: follows every version of the extension. `base_url` is the directory that
 /// holds the images and `SHA256SUMS`.
-pub fn any_version(name: &ExtensionName, base_url: &BaseUrl) -> String {
-    render(base_url, &format!("{name}-@v-%a.raw"), name)
+pub fn any_version(name: &ExtensionName, base_url: &BaseUrl, verify: Verify) -> String {
+    render(base_url, &format!("{name}-@v-%a.raw"), name, verify)
 }
 
 /// `<ext>-<major>.<minor>.conf`: patch releases of one minor only (Kubernetes does not
 /// support skipping minors). Returns the file stem (`kubernetes-v1.31`) and the contents;
 /// `None` if the version has no `MAJOR.MINOR.` prefix.
-pub fn patch_channel(name: &ExtensionName, version: &Version, base_url: &BaseUrl) -> Option<(String, String)> {
+pub fn patch_channel(
+    name: &ExtensionName,
+    version: &Version,
+    base_url: &BaseUrl,
+    verify: Verify,
+) -> Option<(String, String)> {
     let v = version.as_str();
     let prefix_len = v.bytes().take_while(|c| !c.is_ascii_digit()).count();
     let mut parts = v[prefix_len..].splitn(3, '.');
@@ -35,7 +61,7 @@ pub fn patch_channel(name: &ExtensionName, version: &Version, base_url: &BaseUrl
         return None;
     }
     let channel = format!("{}{major}.{minor}", &v[..prefix_len]);
-    let contents = render(base_url, &format!("{name}-{channel}.@v-%a.raw"), name);
+    let contents = render(base_url, &format!("{name}-{channel}.@v-%a.raw"), name, verify);
     Some((format!("{name}-{channel}"), contents))
 }
 
@@ -56,6 +82,7 @@ mod tests {
             &name,
             &"v1.32.2".parse().unwrap(),
             &"https://extensions.flatcar.org/extensions/kubernetes/".parse().unwrap(),
+            Verify::No,
         )
         .unwrap();
         assert_eq!(stem, "kubernetes-v1.32");
@@ -68,12 +95,16 @@ mod tests {
     #[test]
     fn generic_and_noop() {
         let name: ExtensionName = "containerd".parse().unwrap();
-        let text = any_version(&name, &"https://x/containerd/".parse().unwrap());
+        let text = any_version(&name, &"https://x/containerd/".parse().unwrap(), Verify::No);
         assert!(text.contains("\nMatchPattern=containerd-@v-%a.raw\n"), "{text}");
+        assert!(text.starts_with("[Transfer]\nVerify=false\n"), "{text}");
+        let signed = any_version(&name, &"https://x/containerd/".parse().unwrap(), Verify::Yes);
+        assert_eq!(signed, text.replace("Verify=false", "Verify=yes"));
         assert!(text.contains("\nCurrentSymlink=/etc/extensions/containerd.raw\n"));
-        let (stem, _) = patch_channel(&name, &"2.0.4".parse().unwrap(), &"https://x/".parse().unwrap()).unwrap();
+        let (stem, _) =
+            patch_channel(&name, &"2.0.4".parse().unwrap(), &"https://x/".parse().unwrap(), Verify::No).unwrap();
         assert_eq!(stem, "containerd-2.0");
-        assert!(patch_channel(&name, &"2024".parse().unwrap(), &"https://x/".parse().unwrap()).is_none());
+        assert!(patch_channel(&name, &"2024".parse().unwrap(), &"https://x/".parse().unwrap(), Verify::No).is_none());
         assert!(noop().contains("MatchPattern=invalid@v.raw"));
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 
+use signing::openpgp::Cert;
 use signing::{Digests, DigestsHasher, KeyId, PublicKey};
 
 use crate::index::{Index, MAX_INDEX_BYTES};
@@ -61,6 +62,12 @@ pub struct Report {
     pub expires: Option<Timestamp>,
     /// The key that was checked against.
     pub key_id: KeyId,
+    /// The key that signs the index, when it was reached from `key-id` through key rotations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotated_to: Option<KeyId>,
+    /// The OpenPGP key whose `SHA256SUMS.gpg` signatures were checked, if the release has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openpgp_fingerprint: Option<signing::openpgp::Fingerprint>,
     /// Files checked.
     pub files_checked: usize,
     /// Whether unlisted files were looked for (only possible for directories).
@@ -79,6 +86,13 @@ impl Report {
 struct Checker<'a> {
     source: &'a dyn Backend,
     opts: &'a VerifyOptions<'a>,
+    /// The key that signs the index and the checksum lists.
+    signer: PublicKey,
+    /// Keys that may have signed an image: the signer, then the keys it was rotated from
+    /// (an image keeps the signature it was published with).
+    image_keys: Vec<PublicKey>,
+    /// The release's OpenPGP keyring, once read and checked against the index.
+    keyring: Option<Vec<Cert>>,
     problems: Vec<Problem>,
     checked: usize,
 }
@@ -107,18 +121,68 @@ impl Checker<'_> {
     }
 
     fn check_sig(&mut self, path: &str, data: &[u8]) {
+        let keys = [self.signer.clone()];
+        self.check_sig_by(path, data, &keys);
+    }
+
+    fn check_sig_by(&mut self, path: &str, data: &[u8], keys: &[PublicKey]) {
         let sig_path = layout::sig(path);
         let Some(sig) = self.read(&sig_path, MAX_SMALL_FILE) else { return };
         if sig.len() != 64 {
             self.problem(&sig_path, format!("expected a raw 64-byte Ed25519 signature, found {} bytes", sig.len()));
-        } else if !self.opts.pubkey.verify(data, &sig) {
-            self.problem(&sig_path, format!("signature does not match {path} under key {}", self.opts.pubkey.key_id()));
+        } else if !keys.iter().any(|k| k.verify(data, &sig)) {
+            let earlier = if keys.len() > 1 { " or any key it was rotated from" } else { "" };
+            self.problem(&sig_path, format!("signature does not match {path} under key {}{earlier}", keys[0].key_id()));
         }
     }
 
-    fn check_sums(&mut self, path: &str, want: &str) {
+    /// Reads both keyrings and checks they hold exactly the key the index names.
+    fn load_keyring(&mut self, want: signing::openpgp::Fingerprint) {
+        let mut first: Option<Vec<u8>> = None;
+        for name in layout::KEYRINGS {
+            let Some(bytes) = self.read(name, MAX_SMALL_FILE) else { continue };
+            match &first {
+                Some(other) if *other != bytes => {
+                    self.problem(
+                        name,
+                        format!("differs from {}; both names must carry the same keyring", layout::KEYRINGS[0]),
+                    );
+                    continue;
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            match Cert::parse_keyring(&bytes) {
+                Ok(certs) if certs.len() == 1 && certs[0].fingerprint() == want => self.keyring = Some(certs),
+                Ok(certs) => self.problem(
+                    name,
+                    format!(
+                        "holds {}, but the index names OpenPGP key {want}",
+                        certs.iter().map(|c| c.fingerprint().to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                Err(e) => self.problem(name, e.to_string()),
+            }
+            first = Some(bytes);
+        }
+    }
+
+    fn check_gpg(&mut self, path: &str, data: &[u8]) {
+        let gpg_path = layout::gpg(path);
+        let Some(sig) = self.read(&gpg_path, MAX_SMALL_FILE) else { return };
+        // Without a usable keyring there is nothing to check against; that is reported there.
+        let Some(keyring) = &self.keyring else { return };
+        if let Err(e) = Cert::verify_detached(keyring, data, &sig) {
+            self.problem(&gpg_path, format!("{e} (over {path})"));
+        }
+    }
+
+    fn check_sums(&mut self, path: &str, want: &str, openpgp: bool) {
         let Some(bytes) = self.read(path, MAX_SMALL_FILE) else { return };
         self.check_sig(path, &bytes);
+        if openpgp {
+            self.check_gpg(path, &bytes);
+        }
         if bytes == want.as_bytes() {
             return;
         }
@@ -199,7 +263,8 @@ impl Checker<'_> {
         if !top_level {
             return;
         }
-        self.check_sig(path, &data);
+        let keys = self.image_keys.clone();
+        self.check_sig_by(path, &data, &keys);
         if let (true, Some(local)) = (self.opts.inspect_images, self.source.local_path(path)) {
             match crate::image::identity(&local, name).map(|i| i.extension_release) {
                 Ok(rel) if rel != art.extension_release => self.problem(
@@ -218,34 +283,61 @@ impl Checker<'_> {
     }
 }
 
-/// Verifies a release: the index signature, expiry, serial and key; every listed file's
-/// presence, size, digests and signature; SHA256SUMS and transfer files against the index;
-/// and, for directories, files the index does not list.
+/// Verifies a release: the index signature, expiry, serial and key (reached from the key
+/// given through the index's key rotations, if it changed); every listed file's presence,
+/// size, digests and signature; SHA256SUMS and transfer files against the index; the OpenPGP
+/// keyring and every `SHA256SUMS.gpg`, when the index names an OpenPGP key; and, for
+/// directories, files the index does not list.
 pub fn verify_release(source: &dyn Backend, opts: &VerifyOptions<'_>) -> Report {
-    let mut c = Checker { source, opts, problems: Vec::new(), checked: 0 };
+    let mut c = Checker {
+        source,
+        opts,
+        signer: opts.pubkey.clone(),
+        image_keys: vec![opts.pubkey.clone()],
+        keyring: None,
+        problems: Vec::new(),
+        checked: 0,
+    };
     let report = |c: Checker<'_>, index: Option<&Index>, unlisted_checked| Report {
         source: source.name(),
         serial: index.map(|i| i.serial),
         expires: index.map(|i| i.expires),
         key_id: opts.pubkey.key_id(),
+        rotated_to: (c.signer != *opts.pubkey).then(|| c.signer.key_id()),
+        openpgp_fingerprint: c.keyring.as_ref().map(|k| k[0].fingerprint()),
         files_checked: c.checked,
         unlisted_checked,
         problems: c.problems,
     };
     let Some(bytes) = c.read(layout::INDEX, MAX_INDEX_BYTES) else { return report(c, None, false) };
-    c.check_sig(layout::INDEX, &bytes);
     let index = match Index::parse(&bytes) {
         Ok(i) => i,
         Err(e) => {
+            c.check_sig(layout::INDEX, &bytes);
             c.problem(layout::INDEX, e.to_string());
             return report(c, None, false);
         }
     };
-    if index.key_id != opts.pubkey.key_id() {
-        c.problem(
+    // The rotation records are checked by `parse`; from the key given, they say which key
+    // must have signed the index.
+    match crate::rotation::resolve(opts.pubkey, &BTreeSet::new(), index.key_id, &index.key_rotations) {
+        Ok((signer, _)) => {
+            let earlier = index.key_rotations.iter().rev().map(|r| r.old_key.clone());
+            c.image_keys = std::iter::once(signer.clone()).chain(earlier).collect();
+            c.signer = signer;
+        }
+        Err(_) => c.problem(
             layout::INDEX,
-            format!("names signing key {}, but the key given is {}", index.key_id, opts.pubkey.key_id()),
-        );
+            format!(
+                "names signing key {}, but the key given is {} and no key rotation in the index leads from it",
+                index.key_id,
+                opts.pubkey.key_id()
+            ),
+        ),
+    }
+    c.check_sig(layout::INDEX, &bytes);
+    if let Some(fp) = index.openpgp_fingerprint {
+        c.load_keyring(fp);
     }
     if index.expires <= opts.now {
         c.problem(layout::INDEX, format!("expired at {} (now {}); republish to extend it", index.expires, opts.now));
@@ -274,8 +366,9 @@ pub fn verify_release(source: &dyn Backend, opts: &VerifyOptions<'_>) -> Report 
     let expected = layout::expected(&index);
     for (path, entry) in &expected {
         match entry {
-            Entry::Index | Entry::Sig(_) | Entry::ImageSig(_) => {} // checked with their files
-            Entry::Sums(text) => c.check_sums(path, text),
+            // Checked with the files they belong to (the keyrings first of all).
+            Entry::Index | Entry::Sig(_) | Entry::ImageSig(_) | Entry::OpenPgpSig(_) | Entry::Keyring => {}
+            Entry::Sums(text) => c.check_sums(path, text, index.openpgp_fingerprint.is_some()),
             Entry::Transfer(text) => {
                 let Some(bytes) = c.read(path, MAX_SMALL_FILE) else { continue };
                 if bytes != text.as_bytes() {

@@ -45,9 +45,12 @@ fn accepts_fresh_indexes_and_refuses_rollback_expiry_forks_and_strangers() {
     let err = forked.fetch_index_at(NOW).unwrap_err();
     assert!(matches!(err, ClientError::Fork { serial: 2, .. }), "{err}");
 
-    // A stranger's key.
+    // A stranger's key: the index is signed by a key the client does not trust, and no key
+    // rotation leads there.
     let other = Client::new(s.source().backend().unwrap(), PrivateKey::generate().unwrap().public(), None);
-    assert!(matches!(other.fetch_index_at(NOW).unwrap_err(), ClientError::BadSignature { .. }));
+    let err = other.fetch_index_at(NOW).unwrap_err();
+    assert!(matches!(err, ClientError::Untrusted { .. }), "{err}");
+    assert!(err.to_string().contains("which this client does not trust"), "{err}");
 
     // An unreadable state file is an error, not a reset to "accept anything".
     let saved = std::fs::read(&state).unwrap();
@@ -60,6 +63,38 @@ fn accepts_fresh_indexes_and_refuses_rollback_expiry_forks_and_strangers() {
     let gen = std::fs::canonicalize(s.release()).unwrap();
     flip_bit(&gen.join("index.json"));
     assert!(matches!(c.fetch_index_at(NOW).unwrap_err(), ClientError::BadSignature { .. }));
+}
+
+/// A caller that keeps its own state passes what it accepted: the same checks as with the
+/// state file, and nothing is written.
+#[test]
+fn an_accepted_index_from_the_callers_state_refuses_rollbacks_and_forks() {
+    let s = Scratch::new();
+    s.publish(&[s.image("kubernetes-v1.31.3-x86-64.raw", "")]);
+    let first = Client::new(s.source().backend().unwrap(), s.key.public(), None).fetch_index_at(NOW).unwrap();
+    s.publish(&[s.image("kubernetes-v1.31.4-x86-64.raw", "")]);
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(s.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let c = |accepted| Client::new(s.source().backend().unwrap(), s.key.public(), None).with_accepted(accepted);
+    let second = c(Some(first.accepted())).fetch_index_at(NOW).unwrap();
+    assert_eq!(second.accepted().serial, 2);
+    assert_eq!(c(Some(second.accepted())).fetch_index_at(NOW).unwrap().sha256, second.sha256, "the same index again");
+
+    let gens = s.dir.path().join("release.generations");
+    let replayed = Client::new(ReleaseSource::Dir(gens.join("0000000001")).backend().unwrap(), s.key.public(), None)
+        .with_accepted(Some(second.accepted()));
+    let err = replayed.fetch_index_at(NOW).unwrap_err();
+    assert!(matches!(err, ClientError::Rollback { serial: 1, accepted: 2, .. }), "{err}");
+
+    let mut other = second.accepted();
+    other.index_sha256 = first.sha256;
+    let err = c(Some(other)).fetch_index_at(NOW).unwrap_err();
+    assert!(matches!(err, ClientError::Fork { serial: 2, .. }), "{err}");
+    assert_eq!(listing(), before, "no state file written");
 }
 
 fn write_key(s: &Scratch) -> std::path::PathBuf {

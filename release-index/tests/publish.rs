@@ -21,14 +21,19 @@ fn index(s: &Scratch) -> Index {
     Index::parse(&std::fs::read(s.release().join("index.json")).unwrap()).unwrap()
 }
 
-fn first_publish_writes_the_flatcar_layout() {
-    let s = Scratch::new();
-    let imgs = [
+/// Two versions of kubernetes, two architectures of one, and another extension.
+fn four_images(s: &Scratch) -> [release_index::publish::NewImage; 4] {
+    [
         s.image("kubernetes-v1.31.3-x86-64.raw", ""),
         s.image("kubernetes-v1.31.3-arm64.raw", ""),
         s.image("kubernetes-v1.30.10-x86-64.raw", ""),
         s.image("containerd-2.0.4-x86-64.raw", ""),
-    ];
+    ]
+}
+
+fn first_publish_writes_the_flatcar_layout() {
+    let s = Scratch::new();
+    let imgs = four_images(&s);
     let published = s.publish(&imgs);
     assert_eq!(published.index.serial, 1);
     assert_eq!(published.added.len(), 4);
@@ -420,12 +425,7 @@ fn concurrent_publishes_serialise() {
 /// change here is a change of what nodes and stock sysupdate read.
 fn published_bytes_are_pinned() {
     let s = Scratch::pinned();
-    let imgs = [
-        s.image("kubernetes-v1.31.3-x86-64.raw", ""),
-        s.image("kubernetes-v1.31.3-arm64.raw", ""),
-        s.image("kubernetes-v1.30.10-x86-64.raw", ""),
-        s.image("containerd-2.0.4-x86-64.raw", ""),
-    ];
+    let imgs = four_images(&s);
     s.publish(&imgs);
     let listing: Vec<String> = files(&s)
         .into_iter()

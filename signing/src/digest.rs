@@ -1,4 +1,3 @@
-use std::fmt;
 use std::io::{self, Read};
 use std::str::FromStr;
 
@@ -53,24 +52,37 @@ impl Sha256Digest {
             }
         }
     }
-
-    /// Lowercase hex form (same as `Display`).
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
 }
 
-impl fmt::Display for Sha256Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
+/// `to_hex`, `Display` (lowercase hex), `Debug` (`<algorithm>:<hex>`) and serde as the hex
+/// string, for a digest newtype over a byte array.
+macro_rules! hex_digest {
+    ($t:ident, $algorithm:literal) => {
+        impl $t {
+            /// Lowercase hex form (same as `Display`).
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+        }
 
-impl fmt::Debug for Sha256Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.to_hex())
-    }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!($algorithm, ":{}"), self.to_hex())
+            }
+        }
+
+        sysext_model::serde_via_str!($t);
+    };
 }
+pub(crate) use hex_digest;
+
+hex_digest!(Sha256Digest, "sha256");
 
 impl FromStr for Sha256Digest {
     type Err = DigestParseError;
@@ -84,19 +96,6 @@ impl FromStr for Sha256Digest {
         hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut bytes)
             .map_err(|_| DigestParseError::NotHex(s.to_owned()))?;
         Ok(Self(bytes))
-    }
-}
-
-impl serde::Serialize for Sha256Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Sha256Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

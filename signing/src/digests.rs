@@ -4,7 +4,6 @@
 //! SHA-256, Ignition's `verification.hash` is most often written as SHA-512, and the size lets
 //! a client stop a download that runs long before hashing gigabytes of garbage.
 
-use std::fmt;
 use std::io::{self, Read, Write};
 use std::str::FromStr;
 
@@ -26,24 +25,9 @@ impl Sha512Digest {
     pub fn of(data: &[u8]) -> Self {
         Self(Sha512::digest(data).into())
     }
-
-    /// Lowercase hex form (same as `Display`).
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
 }
 
-impl fmt::Display for Sha512Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for Sha512Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha512:{}", self.to_hex())
-    }
-}
+crate::digest::hex_digest!(Sha512Digest, "sha512");
 
 impl FromStr for Sha512Digest {
     type Err = Sha512ParseError;
@@ -57,19 +41,6 @@ impl FromStr for Sha512Digest {
         }
         hex::decode_to_slice(s, &mut bytes).map_err(|_| Sha512ParseError(s.to_owned()))?;
         Ok(Self(bytes))
-    }
-}
-
-impl serde::Serialize for Sha512Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Sha512Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -84,8 +84,55 @@ pub enum VerifyError {
     },
 }
 
+/// Why 32 bytes (or 64 hex characters) are not a usable public key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PublicKeyParseError {
+    /// Not 64 lowercase hex characters.
+    #[error("expected a raw Ed25519 public key as 64 lowercase hex characters, got {0:?}")]
+    NotHex(String),
+    /// Not the encoding of a curve point.
+    #[error("not an Ed25519 public key (not a curve point)")]
+    NotAPoint,
+    /// A small-order point.
+    #[error("a weak (small-order) Ed25519 public key, which anyone can sign for")]
+    Weak,
+}
+
+/// The raw public key as 64 lowercase hex characters (how index.json carries keys).
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.to_bytes()))
+    }
+}
+
+impl std::str::FromStr for PublicKey {
+    type Err = PublicKeyParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut raw = [0u8; 32];
+        if s.len() != 64 || s.bytes().any(|c| c.is_ascii_uppercase()) {
+            return Err(PublicKeyParseError::NotHex(s.to_owned()));
+        }
+        hex::decode_to_slice(s, &mut raw).map_err(|_| PublicKeyParseError::NotHex(s.to_owned()))?;
+        Self::from_bytes(&raw)
+    }
+}
+
+impl serde::Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Short key identifier: the first 16 hex characters of sha256(raw public key).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId([u8; 8]);
 
 impl fmt::Display for KeyId {
@@ -208,6 +255,11 @@ impl PrivateKey {
         bytes.to_pkcs8_pem(LineEnding::LF).expect("encoding a 32-byte key cannot fail").to_string()
     }
 
+    /// The 32-byte Ed25519 seed, for deriving other keys from it ([`crate::openpgp`]).
+    pub(crate) fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key())
@@ -260,6 +312,21 @@ impl PublicKey {
     /// The key id.
     pub fn key_id(&self) -> KeyId {
         key_id_of(&self.0)
+    }
+
+    /// The raw 32-byte public key.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// A public key from its raw 32 bytes; refuses encodings that are not a point, and
+    /// small-order ("weak") keys, under which signatures prove nothing.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, PublicKeyParseError> {
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| PublicKeyParseError::NotAPoint)?;
+        if key.is_weak() {
+            return Err(PublicKeyParseError::Weak);
+        }
+        Ok(Self(key))
     }
 
     /// Checks a raw signature over `data`.
@@ -360,6 +427,21 @@ mod tests {
         assert!(err.to_string().contains("modified after signing"), "{err}");
         std::fs::write(&sig, [0u8; 10]).unwrap();
         assert!(matches!(key.public().verify_file(&file), Err(VerifyError::Malformed { len: 10, .. })));
+    }
+
+    #[test]
+    fn raw_public_keys_round_trip_and_refuse_weak_ones() {
+        let key = PrivateKey::generate().unwrap().public();
+        let text = key.to_string();
+        assert_eq!(text.len(), 64);
+        assert_eq!(text.parse::<PublicKey>().unwrap(), key);
+        assert!(matches!(text.to_uppercase().parse::<PublicKey>(), Err(PublicKeyParseError::NotHex(_))));
+        // The identity point (small order): every signature would "verify".
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(PublicKey::from_bytes(&identity), Err(PublicKeyParseError::Weak));
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(serde_json::from_str::<PublicKey>(&json).unwrap(), key);
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub const DISK_TOOLS: [&str; 3] = ["sfdisk", "mkfs.ext4", "mkfs.vfat"];
 
 const MIB: u64 = 1024 * 1024;
 
+/// The filesystem label of an Ubuntu cloud image's root (what `root=LABEL=` names).
+pub const UBUNTU_ROOT_LABEL: &str = "cloudimg-rootfs";
+
 /// How Flatcar's USR-A is formatted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsrFs {
@@ -61,7 +64,7 @@ pub struct SyntheticDisk {
 }
 
 /// A system tool by name, also found in the sbin directories an unprivileged `PATH` lacks.
-fn tool(name: &str) -> Command {
+pub(crate) fn tool(name: &str) -> Command {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let found = std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
@@ -70,7 +73,7 @@ fn tool(name: &str) -> Command {
     Command::new(found.unwrap_or_else(|| name.into()))
 }
 
-fn run(cmd: &mut Command) {
+pub(crate) fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
@@ -101,9 +104,11 @@ fn mkfs_ext(disk: &Path, offset: u64, size: u64, fs_type: &str, label: &str, tre
     run(&mut cmd);
 }
 
-fn mkfs_vfat(disk: &Path, offset: u64, size: u64, label: &str) {
+pub(crate) fn mkfs_vfat(disk: &Path, offset: u64, size: u64, label: &str) {
     run(tool("mkfs.vfat")
-        .args(["-n", label, "--offset"])
+        // FAT16 whatever the size of the file around it (mkfs.vfat would pick FAT32 for a
+        // small volume at an offset in a large disk, and then refuse it as too small).
+        .args(["-F", "16", "-n", label, "--offset"])
         .arg((offset / 512).to_string())
         .arg(disk)
         .arg((size / 1024).to_string()));
@@ -264,7 +269,39 @@ pub fn flatcar(dir: &Path, spec: &DiskSpec) -> SyntheticDisk {
 /// livecd-rootfs does: 4 KiB blocks, `-i 8192`, `-m 0`) with a merged-usr tree, os-release
 /// and a disabled systemd-sysext.service.
 pub fn ubuntu(dir: &Path, spec: &DiskSpec) -> SyntheticDisk {
-    let disk = dir.join("ubuntu.img");
+    let root = tempfile::tempdir().expect("temp dir");
+    let r = root.path();
+    write(&r.join("usr/lib/os-release"), spec.os_release.as_bytes(), 0o644);
+    symlink("../usr/lib/os-release", &r.join("etc/os-release"));
+    write(&r.join("usr/lib/systemd/systemd"), &tiny_executable(spec.arch, "systemd\n"), 0o755);
+    write(
+        &r.join("usr/lib/systemd/system/systemd-sysext.service"),
+        b"[Unit]\nDescription=Merge System Extension Images\n[Install]\nWantedBy=sysinit.target\n",
+        0o644,
+    );
+    if let Some(v) = spec.systemd {
+        // Ubuntu 22.04's 249 keeps it in /usr/lib/systemd, 24.04's 255 (and Debian 12's 252)
+        // in the multiarch directory.
+        let dir = match (v, spec.arch) {
+            (..252, _) => "usr/lib/systemd".to_owned(),
+            (_, Arch::X86_64) => "usr/lib/x86_64-linux-gnu/systemd".to_owned(),
+            (_, Arch::Arm64) => "usr/lib/aarch64-linux-gnu/systemd".to_owned(),
+        };
+        write(&r.join(format!("{dir}/libsystemd-shared-{v}.so")), b"\x7fELF", 0o644);
+    }
+    for l in ["bin", "lib", "sbin"] {
+        symlink(&format!("usr/{l}"), &r.join(l));
+    }
+    for d in ["usr/bin", "usr/sbin", "etc/systemd/system", "opt", "var/lib", "home"] {
+        std::fs::create_dir_all(r.join(d)).expect("mkdir");
+    }
+    ubuntu_layout(&dir.join("ubuntu.img"), r, spec.root_mib)
+}
+
+/// The partition layout of an Ubuntu 24.04 cloud image (see [`ubuntu`]) written to `disk`,
+/// with a root filesystem of `root_mib` MiB populated from `tree` (`mkfs.ext4 -d` keeps
+/// owners, modes, links, device nodes and extended attributes).
+pub fn ubuntu_layout(disk: &Path, tree: &Path, root_mib: u64) -> SyntheticDisk {
     let root_start = 1 + 4 + 16 + 16;
     let parts = [
         Part {
@@ -294,52 +331,25 @@ pub fn ubuntu(dir: &Path, spec: &DiskSpec) -> SyntheticDisk {
         Part {
             number: 1,
             start_mib: root_start,
-            size_mib: spec.root_mib,
+            size_mib: root_mib,
             type_guid: "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
             name: "",
             uuid: None,
         },
     ];
-    table(&disk, root_start + spec.root_mib + 1, &parts);
-    mkfs_vfat(&disk, 5 * MIB, 16 * MIB, "UEFI");
-    mkfs_ext(&disk, 21 * MIB, 16 * MIB, "ext4", "BOOT", None, &[]);
-
-    let root = tempfile::tempdir().expect("temp dir");
-    let r = root.path();
-    write(&r.join("usr/lib/os-release"), spec.os_release.as_bytes(), 0o644);
-    symlink("../usr/lib/os-release", &r.join("etc/os-release"));
-    write(&r.join("usr/lib/systemd/systemd"), &tiny_executable(spec.arch, "systemd\n"), 0o755);
-    write(
-        &r.join("usr/lib/systemd/system/systemd-sysext.service"),
-        b"[Unit]\nDescription=Merge System Extension Images\n[Install]\nWantedBy=sysinit.target\n",
-        0o644,
-    );
-    if let Some(v) = spec.systemd {
-        // Ubuntu 22.04's 249 keeps it in /usr/lib/systemd, 24.04's 255 (and Debian 12's 252)
-        // in the multiarch directory.
-        let dir = match (v, spec.arch) {
-            (..252, _) => "usr/lib/systemd".to_owned(),
-            (_, Arch::X86_64) => "usr/lib/x86_64-linux-gnu/systemd".to_owned(),
-            (_, Arch::Arm64) => "usr/lib/aarch64-linux-gnu/systemd".to_owned(),
-        };
-        write(&r.join(format!("{dir}/libsystemd-shared-{v}.so")), b"\x7fELF", 0o644);
-    }
-    for l in ["bin", "lib", "sbin"] {
-        symlink(&format!("usr/{l}"), &r.join(l));
-    }
-    for d in ["usr/bin", "usr/sbin", "etc/systemd/system", "opt", "var/lib", "home"] {
-        std::fs::create_dir_all(r.join(d)).expect("mkdir");
-    }
+    table(disk, root_start + root_mib + 1, &parts);
+    mkfs_vfat(disk, 5 * MIB, 16 * MIB, "UEFI");
+    mkfs_ext(disk, 21 * MIB, 16 * MIB, "ext4", "BOOT", None, &[]);
     mkfs_ext(
-        &disk,
+        disk,
         root_start * MIB,
-        spec.root_mib * MIB,
+        root_mib * MIB,
         "ext4",
-        "cloudimg-rootfs",
-        Some(r),
+        UBUNTU_ROOT_LABEL,
+        Some(tree),
         &["-b", "4096", "-i", "8192", "-m", "0"],
     );
-    SyntheticDisk { path: disk, root_offset: root_start * MIB, root_size: spec.root_mib * MIB, root_number: 1 }
+    SyntheticDisk { path: disk.to_owned(), root_offset: root_start * MIB, root_size: root_mib * MIB, root_number: 1 }
 }
 
 /// A disk with only an MBR (DOS) partition table holding one ext4 partition.

@@ -39,8 +39,71 @@ pub fn tiny_executable(arch: Arch, message: &str) -> Vec<u8> {
         Arch::X86_64 => (EM_X86_64, 0x1000, x86_64_code(len)),
         Arch::Arm64 => (EM_AARCH64, 0x1_0000, aarch64_code(len)),
     };
-    let file_size = CODE_OFFSET + code.len() as u64 + u64::from(len);
+    executable(machine, align, &code, message.as_bytes())
+}
 
+/// A minimal static x86-64 executable that stands in for a `Type=notify` daemon: it writes
+/// `message` to stdout, sends `READY=1` to the datagram socket `notify_socket` (what systemd
+/// passes as `NOTIFY_SOCKET`; the system manager's is `/run/systemd/notify`), then waits in
+/// `pause()` until a signal ends it. Reproducible like [`tiny_executable`].
+///
+/// # Panics
+/// If `notify_socket` does not fit a `sockaddr_un` (107 bytes) or `message` is 4 GiB or longer.
+pub fn notify_daemon_executable(notify_socket: &str, message: &str) -> Vec<u8> {
+    assert!(notify_socket.len() < 108, "a socket path of at most 107 bytes");
+    let len = u32::try_from(message.len()).expect("message shorter than 4 GiB");
+    // Data after the code: the message, "READY=1", then sockaddr_un { AF_UNIX, path, NUL }.
+    let mut data = message.as_bytes().to_vec();
+    let ready_at = data.len();
+    data.extend_from_slice(b"READY=1");
+    let addr_at = data.len();
+    data.extend_from_slice(&1u16.to_le_bytes());
+    data.extend_from_slice(notify_socket.as_bytes());
+    data.push(0);
+    let addr_len = u32::try_from(data.len() - addr_at).expect("small");
+
+    let mut c = Vec::new();
+    // lea REG, [rip + disp32] to data offset `at`: patched once the code length is known.
+    let mut fixups: Vec<(usize, usize)> = Vec::new();
+    let mut lea = |c: &mut Vec<u8>, opcode: [u8; 3], at: usize| {
+        c.extend_from_slice(&opcode);
+        fixups.push((c.len(), at));
+        c.extend_from_slice(&[0; 4]);
+    };
+    c.extend_from_slice(&[0xb8, 1, 0, 0, 0]); // mov eax, 1        (SYS_write)
+    c.extend_from_slice(&[0xbf, 1, 0, 0, 0]); // mov edi, 1        (stdout)
+    lea(&mut c, [0x48, 0x8d, 0x35], 0); // lea rsi, [message]
+    c.push(0xba); // mov edx, len
+    c.extend_from_slice(&len.to_le_bytes());
+    c.extend_from_slice(&[0x0f, 0x05]); // syscall
+    c.extend_from_slice(&[0xb8, 41, 0, 0, 0]); // mov eax, 41       (SYS_socket)
+    c.extend_from_slice(&[0xbf, 1, 0, 0, 0]); // mov edi, 1        (AF_UNIX)
+    c.extend_from_slice(&[0xbe, 2, 0, 0, 0]); // mov esi, 2        (SOCK_DGRAM)
+    c.extend_from_slice(&[0x31, 0xd2]); // xor edx, edx
+    c.extend_from_slice(&[0x0f, 0x05]); // syscall
+    c.extend_from_slice(&[0x89, 0xc7]); // mov edi, eax       (the socket)
+    c.extend_from_slice(&[0xb8, 44, 0, 0, 0]); // mov eax, 44       (SYS_sendto)
+    lea(&mut c, [0x48, 0x8d, 0x35], ready_at); // lea rsi, ["READY=1"]
+    c.extend_from_slice(&[0xba, 7, 0, 0, 0]); // mov edx, 7
+    c.extend_from_slice(&[0x45, 0x31, 0xd2]); // xor r10d, r10d    (flags)
+    lea(&mut c, [0x4c, 0x8d, 0x05], addr_at); // lea r8, [sockaddr_un]
+    c.extend_from_slice(&[0x41, 0xb9]); // mov r9d, addr_len
+    c.extend_from_slice(&addr_len.to_le_bytes());
+    c.extend_from_slice(&[0x0f, 0x05]); // syscall
+    c.extend_from_slice(&[0xb8, 34, 0, 0, 0]); // wait: mov eax, 34 (SYS_pause)
+    c.extend_from_slice(&[0x0f, 0x05]); // syscall
+    c.extend_from_slice(&[0xeb, 0xf7]); // jmp wait           (-9)
+    for (disp_at, at) in fixups {
+        // RIP-relative: from the end of the displacement (the end of the lea) to the data.
+        let disp = u32::try_from(c.len() - (disp_at + 4) + at).expect("small");
+        c[disp_at..disp_at + 4].copy_from_slice(&disp.to_le_bytes());
+    }
+    executable(EM_X86_64, 0x1000, &c, &data)
+}
+
+/// The ELF file: headers, `code` at the entry point, then `data`, all in one `PT_LOAD`.
+fn executable(machine: u16, align: u64, code: &[u8], data: &[u8]) -> Vec<u8> {
+    let file_size = CODE_OFFSET + code.len() as u64 + data.len() as u64;
     let mut out = Vec::with_capacity(usize::try_from(file_size).expect("fits in memory"));
     // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_SYSV, ABI version 0, padding.
     out.extend_from_slice(b"\x7fELF");
@@ -69,11 +132,11 @@ pub fn tiny_executable(arch: Arch, message: &str) -> Vec<u8> {
     out.extend_from_slice(&LOAD_ADDRESS.to_le_bytes()); // p_paddr
     out.extend_from_slice(&file_size.to_le_bytes()); // p_filesz
     out.extend_from_slice(&file_size.to_le_bytes()); // p_memsz
-    out.extend_from_slice(&(align as u64).to_le_bytes()); // p_align
+    out.extend_from_slice(&align.to_le_bytes()); // p_align
     debug_assert_eq!(out.len() as u64, CODE_OFFSET);
 
-    out.extend_from_slice(&code);
-    out.extend_from_slice(message.as_bytes());
+    out.extend_from_slice(code);
+    out.extend_from_slice(data);
     debug_assert_eq!(out.len() as u64, file_size);
     out
 }
@@ -189,6 +252,34 @@ mod tests {
                 0xd400_0001, // svc  #0
             ]
         );
+    }
+
+    #[test]
+    fn the_notify_daemon_says_ready_and_keeps_running() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::net::UnixDatagram;
+        let b = notify_daemon_executable("/run/systemd/notify", "stand-in\n");
+        assert_eq!(u16_at(&b, 18), 62);
+        assert!(b.ends_with(b"READY=1\x01\x00/run/systemd/notify\0"));
+        if sysext_model::Arch::host() != Some(Arch::X86_64) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("notify");
+        let listener = UnixDatagram::bind(&socket).unwrap();
+        listener.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let exe = dir.path().join("daemon");
+        std::fs::write(&exe, notify_daemon_executable(socket.to_str().unwrap(), "stand-in ready\n")).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut child = std::process::Command::new(&exe).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut got = [0u8; 64];
+        let n = listener.recv(&mut got).expect("READY=1 within 20 s");
+        assert_eq!(&got[..n], b"READY=1");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(child.try_wait().unwrap().is_none(), "it keeps running");
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.stdout, b"stand-in ready\n");
     }
 
     #[test]

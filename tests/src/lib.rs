@@ -7,19 +7,27 @@
 //! * [`tiny_executable`] — minimal static ELF executables for x86-64 and arm64.
 //! * [`TarGz`] — reproducible `.tar.gz` archives, including hostile ones.
 //! * [`MergeSandbox`] — the real `systemd-sysext merge` in a private mount namespace.
+//! * [`gpg`] — GnuPG's `gpgv` and `gpg --show-keys` as the independent OpenPGP consumer.
 //! * [`disk`] — small synthetic Flatcar- and Ubuntu-layout disk images, built without root.
+//! * [`registry`] — a real OCI registry (Debian's `docker-registry`) on loopback, plain or
+//!   with TLS and basic authentication.
 //! * [`harness`] — runs tests that need root or a tool, reporting them as ignored (or, in CI,
 //!   failed) where they cannot run; [`is_root`].
 
+pub mod corpus;
 pub mod disk;
 pub mod elf;
+pub mod gpg;
 pub mod harness;
+pub mod registry;
 pub mod sandbox;
 pub mod server;
 pub mod tarball;
 pub mod upstream;
+pub mod vm;
 
 pub use elf::tiny_executable;
+pub use registry::{TestRegistry, REGISTRY_TOOLS};
 pub use sandbox::{MergeOutput, MergeSandbox, MERGE_TOOLS};
 pub use server::{FixtureServer, Response};
 pub use sysext_model::Arch;

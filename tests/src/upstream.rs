@@ -200,12 +200,19 @@ impl<'s> FakeUpstream<'s> {
     /// `runc-version` pin file containing `runc_version`, and that runc release
     /// ([`FakeUpstream::runc`]), for both arches.
     pub fn containerd(&self, version: &str, runc_version: &str) -> &Self {
+        self.containerd_with(version, runc_version, |binary, arch| {
+            tiny_executable(arch, &message(binary, without_v(version), arch))
+        })
+    }
+
+    /// Like [`FakeUpstream::containerd`], with the members of `bin/` made by `binary(name,
+    /// arch)` (a stand-in daemon that must keep running, say).
+    pub fn containerd_with(&self, version: &str, runc_version: &str, binary: impl Fn(&str, Arch) -> Vec<u8>) -> &Self {
         let v = without_v(version);
         for arch in Arch::ALL {
             let mut tar = TarGz::new().dir("bin/", 0o755);
-            for binary in CONTAINERD_BINARIES {
-                let exe = tiny_executable(arch, &message(binary, v, arch));
-                tar = tar.file(&format!("bin/{binary}"), 0o755, exe);
+            for name in CONTAINERD_BINARIES {
+                tar = tar.file(&format!("bin/{name}"), 0o755, binary(name, arch));
             }
             let tgz = tar.build();
             let path = containerd_tarball_path(v, arch);

@@ -6,11 +6,9 @@ mod create;
 mod inspect;
 mod keys;
 mod list;
+mod mirror;
 mod publish;
 mod verify_release;
-
-use std::ffi::OsString;
-use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -37,7 +35,10 @@ enum Command {
     Keygen(keys::KeygenArgs),
     Sign(keys::SignArgs),
     Verify(keys::VerifyArgs),
+    Vouch(keys::VouchArgs),
+    PgpKeyring(keys::PgpKeyringArgs),
     Publish(publish::PublishArgs),
+    Mirror(mirror::MirrorArgs),
     VerifyRelease(verify_release::VerifyReleaseArgs),
     #[command(flatten)]
     Doc(DocCommand),
@@ -51,26 +52,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keygen(args) => keys::keygen(args),
         Command::Sign(args) => keys::sign(args),
         Command::Verify(args) => keys::verify(args),
+        Command::Vouch(args) => keys::vouch(args),
+        Command::PgpKeyring(args) => keys::pgp_keyring(args),
         Command::Publish(args) => publish::run(args),
+        Command::Mirror(args) => mirror::run(args),
         Command::VerifyRelease(args) => verify_release::run(args),
         Command::Doc(doc) => doc.run(Cli::command()),
     }
 }
 
-/// Parses `args` (including the program name), runs the command, prints any error with its
-/// full context chain, and returns the process exit code.
-pub fn main_from_iter<I, T>(args: I) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    cli_support::main_from_iter(args, run)
-}
-
-/// The clap definition, for generated documentation and tests.
-pub fn command() -> clap::Command {
-    Cli::command()
-}
+cli_support::entry_points!(Cli, run);
 
 #[cfg(test)]
 mod tests {

@@ -37,26 +37,69 @@ impl std::fmt::Debug for Codec {
     }
 }
 
-/// The zstd level bakery retunes; it is also the default (see [`Compression::default_level`]).
-pub(crate) const TUNED_ZSTD_LEVEL: i32 = 16;
+/// zstd match finder parameters that replace zstd's own at a level (the window stays zstd's,
+/// capped at the block by the one-shot frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ZstdTuning {
+    strategy: zstd::zstd_safe::Strategy,
+    chain_log: u32,
+    hash_log: u32,
+    search_log: u32,
+    min_match: u32,
+    target_length: u32,
+}
 
-/// Keeps level 16's optimal parser (btopt) but retunes it for executables. Measured on
-/// ~150 MiB of Go binaries with 1 MiB blocks, this is both smaller (0.885x instead of 0.899x
-/// of mksquashfs' gzip image) and more than twice as fast as stock level 16:
-/// - minimum match 3 instead of 5: machine code and Go's tables are full of short repeats,
-///   and this alone is worth ~4% of image size;
-/// - 2^16/2^17 chain/hash tables and a search depth of 2^3: they stay in cache, and deeper
-///   searches buy little within one block.
+/// The default zstd level, tuned for speed (see [`Compression::default_level`]).
+pub(crate) const FAST_TUNED_ZSTD_LEVEL: i32 = 10;
+/// The slow, small zstd level (`--level 16`, the previous default), tuned for size.
+pub(crate) const SMALL_TUNED_ZSTD_LEVEL: i32 = 16;
+
+/// The parameters bakery uses instead of zstd's at `level`; `None` for stock zstd.
 ///
-/// Only the default level is tuned, so every other level is exactly zstd's.
-fn tune_for_executables(c: &mut zstd::bulk::Compressor<'static>) -> io::Result<()> {
-    use zstd::zstd_safe::{CParameter, Strategy};
-    c.set_parameter(CParameter::Strategy(Strategy::ZSTD_btopt))?;
-    c.set_parameter(CParameter::ChainLog(16))?;
-    c.set_parameter(CParameter::HashLog(17))?;
-    c.set_parameter(CParameter::SearchLog(3))?;
-    c.set_parameter(CParameter::MinMatch(3))?;
-    c.set_parameter(CParameter::TargetLength(32))?;
+/// Two levels are retuned for executables (machine code and Go's tables are full of short
+/// repeats, and one squashfs block is at most 1 MiB), chosen on a frontier measured on 166 MiB
+/// of Kubernetes-built Go binaries in 1 MiB blocks. Compressed data relative to zlib 9 in
+/// 128 KiB blocks (what `mksquashfs -all-root -noappend` writes), and speed per core relative
+/// to zlib 9's (whole images against Flatcar's pipeline: bench/README.md):
+/// - 10, the default: zstd 10's lazy2 parser with minimum match 4 instead of 5, 2^19/2^20
+///   chain/hash tables (zstd 10: 2^20/2^21), searching 2^6 deep for matches of up to 32
+///   bytes: 0.847x at ~3.5x zlib's speed; stock zstd 10 gives 0.857x at ~5x, stock 12 0.856x
+///   at ~3x, and nothing stock below 16 reaches 0.85x;
+/// - 16: zstd 16's optimal parser (btopt) with minimum match 3, 2^16/2^17 tables and a
+///   search depth of 2^3: 0.810x at ~0.9x zlib's speed (stock 16: 0.813x at ~0.4x).
+///
+/// Every other level is exactly zstd's.
+fn zstd_tuning(level: i32) -> Option<ZstdTuning> {
+    use zstd::zstd_safe::Strategy;
+    match level {
+        FAST_TUNED_ZSTD_LEVEL => Some(ZstdTuning {
+            strategy: Strategy::ZSTD_lazy2,
+            chain_log: 19,
+            hash_log: 20,
+            search_log: 6,
+            min_match: 4,
+            target_length: 32,
+        }),
+        SMALL_TUNED_ZSTD_LEVEL => Some(ZstdTuning {
+            strategy: Strategy::ZSTD_btopt,
+            chain_log: 16,
+            hash_log: 17,
+            search_log: 3,
+            min_match: 3,
+            target_length: 32,
+        }),
+        _ => None,
+    }
+}
+
+fn apply(c: &mut zstd::bulk::Compressor<'static>, t: ZstdTuning) -> io::Result<()> {
+    use zstd::zstd_safe::CParameter;
+    c.set_parameter(CParameter::Strategy(t.strategy))?;
+    c.set_parameter(CParameter::ChainLog(t.chain_log))?;
+    c.set_parameter(CParameter::HashLog(t.hash_log))?;
+    c.set_parameter(CParameter::SearchLog(t.search_log))?;
+    c.set_parameter(CParameter::MinMatch(t.min_match))?;
+    c.set_parameter(CParameter::TargetLength(t.target_length))?;
     Ok(())
 }
 
@@ -66,8 +109,8 @@ impl Codec {
         let kind = match compression {
             Compression::Zstd => {
                 let mut c = zstd::bulk::Compressor::new(level)?;
-                if level == TUNED_ZSTD_LEVEL {
-                    tune_for_executables(&mut c)?;
+                if let Some(tuning) = zstd_tuning(level) {
+                    apply(&mut c, tuning)?;
                 }
                 Kind::Zstd(c)
             }
@@ -227,7 +270,7 @@ mod tests {
     fn zstd_frames_are_single_segment() {
         // The kernel sizes its zstd window to the block size; a single-segment frame's window
         // is its content size, which never exceeds a block.
-        for level in [TUNED_ZSTD_LEVEL, 19, 22] {
+        for level in [FAST_TUNED_ZSTD_LEVEL, SMALL_TUNED_ZSTD_LEVEL, 19, 22] {
             let mut codec = Codec::new(Compression::Zstd, level, BlockSize::default()).unwrap();
             let mut out = Vec::new();
             assert!(codec.compress(&sample(1 << 20), &mut out).unwrap());
@@ -239,18 +282,48 @@ mod tests {
         }
     }
 
+    /// Short repeats: 4-byte words from a small table between noise bytes, the pattern of
+    /// machine code where the tuned parameters (minimum match 3-4) differ from stock zstd's.
+    fn short_repeats(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) as u8
+        };
+        let words: Vec<[u8; 4]> = (0..64).map(|_| [next(), next(), next(), next()]).collect();
+        let mut out = Vec::with_capacity(len + 5);
+        while out.len() < len {
+            out.extend_from_slice(&words[usize::from(next()) % words.len()]);
+            out.push(next());
+        }
+        out.truncate(len);
+        out
+    }
+
     #[test]
-    fn tuned_default_differs_from_stock_zstd_and_decodes() {
-        assert_eq!(Compression::Zstd.default_level(), TUNED_ZSTD_LEVEL);
+    fn tuned_levels_differ_from_stock_zstd_and_decode() {
+        assert_eq!(Compression::Zstd.default_level(), FAST_TUNED_ZSTD_LEVEL);
+        // Whole 1 MiB blocks, as bakery writes them: on 256 KiB inputs the two happened to
+        // compress alike.
+        let input = short_repeats(1 << 20);
+        for level in [FAST_TUNED_ZSTD_LEVEL, SMALL_TUNED_ZSTD_LEVEL] {
+            let mut tuned = Vec::new();
+            Codec::new(Compression::Zstd, level, BlockSize::default()).unwrap().compress(&input, &mut tuned).unwrap();
+            let stock = zstd::bulk::compress(&input, level).unwrap();
+            assert_ne!(tuned, stock, "level {level} must use the tuned parameters");
+            assert_eq!(zstd::bulk::decompress(&tuned, input.len()).unwrap(), input);
+        }
+    }
+
+    #[test]
+    fn other_zstd_levels_are_stock() {
         let input = sample(1 << 18);
-        let mut tuned = Vec::new();
-        Codec::new(Compression::Zstd, TUNED_ZSTD_LEVEL, BlockSize::default())
-            .unwrap()
-            .compress(&input, &mut tuned)
-            .unwrap();
-        let stock = zstd::bulk::compress(&input, TUNED_ZSTD_LEVEL).unwrap();
-        assert_ne!(tuned, stock, "the default level must use the tuned parameters");
-        assert_eq!(zstd::bulk::decompress(&tuned, input.len()).unwrap(), input);
+        for level in (1..=22).filter(|l| zstd_tuning(*l).is_none()) {
+            let mut ours = Vec::new();
+            Codec::new(Compression::Zstd, level, BlockSize::default()).unwrap().compress(&input, &mut ours).unwrap();
+            assert_eq!(ours, zstd::bulk::compress(&input, level).unwrap(), "level {level}");
+        }
+        assert_eq!((1..=22).filter(|l| zstd_tuning(*l).is_some()).count(), 2);
     }
 
     #[test]
@@ -276,6 +349,7 @@ mod tests {
         assert_eq!(options_block(Compression::Zstd, 15), None);
         assert_eq!(options_block(Compression::Zstd, 19), Some(vec![19, 0, 0, 0]));
         assert_eq!(options_block(Compression::Zstd, 16), Some(vec![16, 0, 0, 0]));
+        assert_eq!(options_block(Compression::Zstd, 10), Some(vec![10, 0, 0, 0]));
         assert_eq!(options_block(Compression::Gzip, 9), None);
         assert_eq!(options_block(Compression::Gzip, 6), Some(vec![6, 0, 0, 0, 15, 0, 0, 0]));
         assert_eq!(options_block(Compression::Xz, 6), None);

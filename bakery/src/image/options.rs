@@ -51,17 +51,16 @@ impl Compression {
 
     /// The level used when `ImageOptions::level` is `None` (0 for lz4, which has none).
     ///
-    /// zstd: 16, which bakery retunes for executables (zstd's btopt parser with minimum match 3
-    /// and small tables; every other level is stock zstd). Measured on 149 MiB of Debian's Go
-    /// binaries (containerd, ctr, runc, CNI plugins) with the default 1 MiB blocks on 2 cores:
-    /// 0.885x the size of `mksquashfs -all-root -noappend` (gzip, 128K) in 0.75-1.0x its wall
-    /// time and 1/8 of its memory. Only an optimal parser gets zstd below 0.9x on such binaries:
-    /// stock levels <= 15 stay at 0.92-0.93x (level 12 in a third of mksquashfs' time), stock
-    /// 16-19 reach 0.90-0.85x but take 1.6-2.6x as long as mksquashfs.
+    /// zstd: 10, which bakery retunes for executables (lazy2 with minimum match 4 and tables
+    /// that stay in cache). Measured on 166 MiB of Kubernetes-built Go binaries in 1 MiB blocks
+    /// on 2 cores, side by side with Flatcar's `mksquashfs -all-root -noappend` (gzip, 128K):
+    /// see bench/README.md for the ratios. Level 16, also retuned (btopt, minimum match 3), is
+    /// the slow, small setting: about 4% smaller images in ~3.5x the time. Every other zstd
+    /// level is stock zstd (on these binaries stock 12 takes as long as tuned 10, 1% bigger).
     /// xz 6 and gzip 9 are the `xz` and `mksquashfs` defaults.
     pub fn default_level(self) -> i32 {
         match self {
-            Compression::Zstd => 16,
+            Compression::Zstd => 10,
             Compression::Xz => 6,
             Compression::Gzip => 9,
             Compression::Lz4 => 0,

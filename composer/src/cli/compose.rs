@@ -16,19 +16,69 @@ use crate::disk::input::OutputFormat;
 use crate::disk::target::{Overrides, TargetChoice};
 use crate::source::{ExtensionSource, ReleaseIndex};
 
+/// One `--extension`: a file, `NAME@CHANNEL` from `--index`, or `oci://REGISTRY/REPO:NAME@CHANNEL`,
+/// which names the release too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ExtensionArg {
+    /// The release it names, if it names one.
+    pub(super) index: Option<ReleaseSource>,
+    /// The extension.
+    pub(super) source: ExtensionSource,
+}
+
+impl std::str::FromStr for ExtensionArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !release_index::oci::is_oci(s) {
+            return s
+                .parse()
+                .map(|source| Self { index: None, source })
+                .map_err(|e: crate::source::SourceParseError| e.to_string());
+        }
+        let Some((repo, channel)) = s.rsplit_once(':').filter(|(_, c)| c.contains('@')) else {
+            return Err(format!("{s}: an extension from a registry is oci://REGISTRY/REPOSITORY:NAME@CHANNEL"));
+        };
+        let index: ReleaseSource = repo.parse().map_err(|e: release_index::source::SourceError| e.to_string())?;
+        let channel: sysext_model::ChannelRef =
+            channel.parse().map_err(|e: sysext_model::ChannelRefParseError| format!("{s}: {e}"))?;
+        Ok(Self { index: Some(index), source: ExtensionSource::Channel(channel) })
+    }
+}
+
+/// The one release the arguments name: `--index`, or the release every `oci://…:NAME@CHANNEL`
+/// names; two different ones are an error (one signed index per run).
+pub(super) fn one_release<'a>(
+    index: Option<&'a ReleaseSource>,
+    named: impl IntoIterator<Item = (&'a ReleaseSource, String)>,
+) -> Result<Option<ReleaseSource>> {
+    let mut chosen: Option<(&ReleaseSource, String)> = index.map(|i| (i, "--index".to_owned()));
+    for (release, by) in named {
+        match &chosen {
+            Some((c, _)) if *c == release => {}
+            Some((c, first)) => bail!(
+                "{by} names the release {release}, but {first} names {c}: extensions come from one signed release index per run"
+            ),
+            None => chosen = Some((release, by)),
+        }
+    }
+    Ok(chosen.map(|(r, _)| r.clone()))
+}
+
 /// Which image, which extensions, and what the image cannot tell about itself.
 #[derive(Debug, Args)]
 pub(super) struct TargetArgs {
     /// Input disk image: raw, qcow2, or raw compressed with xz, zstd or bzip2. Never modified.
     #[arg(long, value_name = "IN")]
     image: PathBuf,
-    /// An extension image file (<name>-<version>-<arch>.raw) or NAME@CHANNEL from the
-    /// release index. Repeat for each extension.
+    /// An extension image file (<name>-<version>-<arch>.raw), NAME@CHANNEL from the release
+    /// index, or oci://REGISTRY/REPO:NAME@CHANNEL from the release in that registry. Repeat for
+    /// each extension.
     #[arg(long = "extension", short = 'e', value_name = "FILE|NAME@CHANNEL", required = true)]
-    pub(super) extensions: Vec<ExtensionSource>,
-    /// Signed release index for NAME@CHANNEL extensions: the http(s) URL or directory a
-    /// release was published to (`bakery publish`). Needs --pubkey.
-    #[arg(long, value_name = "URL|DIR")]
+    pub(super) extensions: Vec<ExtensionArg>,
+    /// Signed release index for NAME@CHANNEL extensions: the http(s) URL, directory or
+    /// oci://REGISTRY/REPO a release was published to (`bakery publish`). Needs --pubkey.
+    #[arg(long, value_name = "URL|DIR|OCI")]
     index: Option<ReleaseSource>,
     /// Refuse a release index whose serial is lower than this (the newest one you have
     /// seen), so a replayed older release cannot be passed off as current.
@@ -112,7 +162,11 @@ impl TargetArgs {
             Some(p) => Some(PublicKey::read_pem(p).with_context(|| format!("reading --pubkey {}", p.display()))?),
             None => None,
         };
-        let index = match (&self.index, &pubkey) {
+        let release = one_release(
+            self.index.as_ref(),
+            self.extensions.iter().filter_map(|e| e.index.as_ref().map(|i| (i, format!("--extension {}", e.source)))),
+        )?;
+        let index = match (&release, &pubkey) {
             (Some(source), Some(key)) => {
                 let backend = source.backend_with(&HttpClient::new(self.net.http_options())?);
                 Some(
@@ -127,7 +181,7 @@ impl TargetArgs {
         };
         Ok(CheckRequest {
             image: self.image.clone(),
-            extensions: self.extensions.clone(),
+            extensions: self.extensions.iter().map(|e| e.source.clone()).collect(),
             index,
             pubkey,
             target: self.target,
@@ -259,9 +313,34 @@ mod tests {
         let Command::Compose(a) = cmd else { panic!("compose") };
         assert_eq!(a.output_format, OutputFormat::Qcow2);
         assert_eq!(a.target.target, TargetChoice::Flatcar);
-        assert!(matches!(a.target.extensions[1], ExtensionSource::Channel(_)));
+        assert!(matches!(a.target.extensions[1].source, ExtensionSource::Channel(_)));
         assert_eq!(a.request().unwrap().sysupdate.map(|u| u.to_string()).as_deref(), Some("https://x/"));
         assert!(matches!(parse(&["check", "--image", "i", "-e", "x-1.0-arm64.raw"]).unwrap(), Command::Check(_)));
+    }
+
+    #[test]
+    fn extensions_can_name_their_registry() {
+        let e: ExtensionArg = "oci://127.0.0.1:5000/team/rel:kubernetes@1.31".parse().unwrap();
+        assert_eq!(e.index, Some("oci://127.0.0.1:5000/team/rel".parse().unwrap()));
+        assert_eq!(e.source, ExtensionSource::Channel("kubernetes@1.31".parse().unwrap()));
+        assert!("oci://reg.example/rel".parse::<ExtensionArg>().unwrap_err().contains("REPOSITORY:NAME@CHANNEL"));
+        let a: ReleaseSource = "oci://a.example/r".parse().unwrap();
+        let b: ReleaseSource = "oci://b.example/r".parse().unwrap();
+        assert_eq!(one_release(None, [(&a, "-e x".into()), (&a, "-e y".into())]).unwrap(), Some(a.clone()));
+        let err = one_release(Some(&b), [(&a, "-e x".into())]).unwrap_err().to_string();
+        assert!(err.contains("one signed release index per run"), "{err}");
+        let Command::Check(c) =
+            parse(&["check", "--image", "i", "-e", "oci://a.example/r:cni@1", "-e", "oci://b.example/r:k@1"]).unwrap()
+        else {
+            panic!("check")
+        };
+        let err = c.target.request().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "--extension k@1 names the release oci://b.example/r, but --extension cni@1 names oci://a.example/r"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,11 +4,9 @@
 
 mod compose;
 mod inspect;
+mod node;
 mod provision;
 mod serve;
-
-use std::ffi::OsString;
-use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -19,7 +17,8 @@ use cli_support::DocCommand;
 /// composer writes extension images into the root filesystem of a copy of a disk image
 /// with e2fsprogs (no mounting, no loop devices), after checking that systemd-sysext on that
 /// image would actually merge them, or writes Ignition, Butane and cloud-init configs that
-/// make a node install them from a signed release while it provisions.
+/// make a node install them from a signed release while it provisions, or, on the node
+/// itself, installs and merges the newest release of each channel (`composer node sync`).
 #[derive(Debug, Parser)]
 #[command(name = "composer", version, max_term_width = 100)]
 pub struct Cli {
@@ -32,6 +31,7 @@ enum Command {
     Compose(Box<compose::ComposeArgs>),
     Check(compose::CheckArgs),
     Inspect(inspect::InspectArgs),
+    Node(node::NodeArgs),
     Provision(Box<provision::ProvisionArgs>),
     Serve(serve::ServeArgs),
     #[command(flatten)]
@@ -43,26 +43,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compose(args) => compose::run_compose(*args),
         Command::Check(args) => compose::run_check(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Node(args) => node::run(args),
         Command::Provision(args) => provision::run(*args),
         Command::Serve(args) => serve::run(args),
         Command::Doc(doc) => doc.run(Cli::command()),
     }
 }
 
-/// Parses `args` (including the program name), runs the command, prints any error with its
-/// full context chain, and returns the process exit code.
-pub fn main_from_iter<I, T>(args: I) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    cli_support::main_from_iter(args, run)
-}
-
-/// The clap definition, for generated documentation and tests.
-pub fn command() -> clap::Command {
-    Cli::command()
-}
+cli_support::entry_points!(Cli, run);
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::disk::e2fs::{self, Ext, Kind, Script};
 use crate::disk::input;
-use crate::plan::{Entry, ImageSource, NodePlan};
+use crate::plan::{Entry, ImageSource, NodeOs, NodePlan};
 
 /// Where an image's unit may live on a merged-/usr Debian or Ubuntu (both resolve on 24.04).
 const UNIT_DIRS: [&str; 2] = ["/usr/lib/systemd/system", "/lib/systemd/system"];
@@ -213,11 +213,17 @@ pub(super) fn render(fs: &Ext, plan: &NodePlan, partition: u32, scratch: &Path, 
                 break;
             }
         }
-        let Some(unit_path) = found else {
-            bail!(
+        let unit_path = match found {
+            Some(p) => p,
+            // Flatcar keeps its units in the separate /usr partition, which is not the one
+            // composed here: systemd-sysupdate.timer is there (Flatcar ships sysupdate), so
+            // link to it as `systemctl enable` on the node would.
+            None if plan.os == NodeOs::Flatcar && unit.if_present => format!("{}/{}", UNIT_DIRS[0], unit.name),
+            None if unit.if_present => continue,
+            None => bail!(
                 "partition {partition} has no /usr/lib/systemd/system/{}; this image's systemd cannot merge system extensions",
                 unit.name
-            );
+            ),
         };
         let link = unit.link();
         e.ensure_dir(fs, parent(&link), &mut dirs)?;

@@ -213,7 +213,7 @@ pub fn check(req: &CheckRequest) -> Result<CheckReport> {
 }
 
 /// The node plan for the accepted extensions on this target.
-pub fn node_plan(target: &Target, exts: &[Verdict], sysupdate: Option<&BaseUrl>) -> NodePlan {
+pub fn node_plan(target: &Target, exts: &[Verdict], sysupdate: Option<&BaseUrl>, keyring: Option<&[u8]>) -> NodePlan {
     let images: Vec<PlannedImage> = exts
         .iter()
         .map(|v| PlannedImage {
@@ -228,7 +228,7 @@ pub fn node_plan(target: &Target, exts: &[Verdict], sysupdate: Option<&BaseUrl>)
         Distro::Flatcar => NodeOs::Flatcar,
         Distro::Ubuntu => NodeOs::Ubuntu,
     };
-    NodePlan::build(&PlanRequest { os, images: &images, sysupdate })
+    NodePlan::build(&PlanRequest { os, images: &images, sysupdate, keyring })
 }
 
 /// `composer compose`.
@@ -274,7 +274,13 @@ pub fn compose(req: &ComposeRequest) -> Result<ComposeReport> {
     source_fs.fsck().with_context(|| format!("{part} already has filesystem errors before composing"))?;
     let ext_info = report.target.root.filesystem.ext.expect("target root is ext4");
     let block = ext_info.block_size;
-    let node_plan = node_plan(&report.target, &report.extensions, req.sysupdate.as_ref());
+    // A release signed for stock sysupdate: its keyring goes onto the disk with the transfer
+    // files, which then say Verify=yes.
+    let keyring = match (&req.sysupdate, &req.check.index) {
+        (Some(_), Some(index)) => index.openpgp_keyring()?,
+        _ => None,
+    };
+    let node_plan = node_plan(&report.target, &report.extensions, req.sysupdate.as_ref(), keyring.as_deref());
     let plan = edit::render(&source_fs, &node_plan, root_part.number, staging.path(), block)?;
     let free = ext_info.free_bytes();
     if plan.bytes > free {

@@ -483,7 +483,7 @@ fn detect_arch(image: &Path, gpt: &Gpt, usr: Option<(&ProbedPartition, &str)>) -
 /// Where systemd keeps `libsystemd-shared-<version>.so`, relative to `/usr`: upstream's
 /// default (Ubuntu 22.04: 249), Gentoo's lib64 (Flatcar), and Debian's multiarch directory
 /// (Debian 12: 252, Ubuntu 24.04: 255).
-const SYSTEMD_LIB_DIRS: [&str; 4] =
+pub const SYSTEMD_LIB_DIRS: [&str; 4] =
     ["/lib/systemd", "/lib64/systemd", "/lib/x86_64-linux-gnu/systemd", "/lib/aarch64-linux-gnu/systemd"];
 
 /// The image's systemd version, from the name of its private library. Several versions

@@ -9,17 +9,23 @@
 use std::path::PathBuf;
 
 use release_index::transfer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use signing::{Sha256Digest, Sha512Digest};
 use sysext_model::{node, BaseUrl, ImageName};
 
+/// The unit the plan installs on nodes whose OS does not start the units extensions ship
+/// ([`node::SYSEXT_UNITS_SERVICE`]); its comments say why and how.
+pub const SYSEXT_UNITS_UNIT: &str = include_str!("sysext-units.service");
+
 /// The distribution a node runs, as far as the plan is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeOs {
-    /// Flatcar Container Linux: systemd-sysext.service is enabled by the OS.
+    /// Flatcar Container Linux: the OS enables systemd-sysext.service, and its
+    /// ensure-sysext.service starts the extensions' units.
     Flatcar,
-    /// Ubuntu (and Debian): systemd-sysext.service ships disabled.
+    /// Ubuntu (and Debian): systemd-sysext.service ships disabled and nothing starts the
+    /// extensions' units; composer enables it and installs sysext-units.service.
     Ubuntu,
 }
 
@@ -77,7 +83,7 @@ pub enum Entry {
         /// Permission bits.
         mode: u32,
         /// Contents.
-        contents: String,
+        contents: Vec<u8>,
     },
     /// A symbolic link.
     Link {
@@ -116,6 +122,10 @@ pub struct EnabledUnit {
     /// no-op there; renderers that create the link (compose, which cannot see Flatcar's
     /// `/usr` partition) leave the OS's own enablement alone.
     pub by_os: bool,
+    /// Enabled only where the node has the unit (systemd-sysupdate.timer: not every
+    /// distribution's systemd ships sysupdate); elsewhere it is skipped, not an error.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub if_present: bool,
 }
 
 impl EnabledUnit {
@@ -136,6 +146,21 @@ pub struct NodePlan {
     pub enable: Vec<EnabledUnit>,
 }
 
+/// The node agent's files, which `provision --agent` adds to the plan of the composer image
+/// ([`NodePlan::with_agent`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentFiles {
+    /// `/etc/composer/node.toml`.
+    pub config: String,
+    /// The release's public key (SPKI PEM).
+    pub pubkey: String,
+    /// `composer-node-sync.service`.
+    pub unit: String,
+    /// Enable `composer-node-upgrade.timer` (the service and the timer are installed either
+    /// way, so `systemctl enable --now composer-node-upgrade.timer` turns it on later).
+    pub auto_upgrade: bool,
+}
+
 /// What a plan is built from.
 #[derive(Clone, Debug)]
 pub struct PlanRequest<'a> {
@@ -145,6 +170,9 @@ pub struct PlanRequest<'a> {
     pub images: &'a [PlannedImage],
     /// Install sysupdate transfer files that follow this release base URL.
     pub sysupdate: Option<&'a BaseUrl>,
+    /// With `sysupdate`: the release's OpenPGP keyring; installed where systemd-pull reads it,
+    /// and the transfer files say `Verify=yes`.
+    pub keyring: Option<&'a [u8]>,
 }
 
 impl NodePlan {
@@ -156,7 +184,11 @@ impl NodePlan {
     /// (Ubuntu ships it disabled, and without it nothing merges at boot; Flatcar enables it
     /// itself). On Flatcar, installing containerd masks the built-in `containerd-flatcar`
     /// and `docker-flatcar` extensions with links to `/dev/null`, as Flatcar documents, so
-    /// two containerds never merge.
+    /// two containerds never merge. On Ubuntu, which has nothing like Flatcar's
+    /// ensure-sysext.service, [`node::SYSEXT_UNITS_SERVICE`] is installed in
+    /// `/etc/systemd/system` and enabled for `sysinit.target` beside systemd-sysext.service:
+    /// without it the extensions merge at boot but their services never start (systemd 252
+    /// does not reload after a merge).
     pub fn build(req: &PlanRequest<'_>) -> NodePlan {
         let mut entries = vec![Entry::Dir { path: node::EXTENSIONS_DIR.to_owned() }];
         for planned in req.images {
@@ -178,31 +210,103 @@ impl NodePlan {
                 let dir = node::sysupdate_dir(name);
                 entries.push(Entry::Dir { path: dir.clone() });
                 let source = base.dir(name.as_str());
-                let (stem, text) = transfer::patch_channel(name, &planned.image.version, &source)
-                    .unwrap_or_else(|| (name.to_string(), transfer::any_version(name, &source)));
+                let verify = if req.keyring.is_some() { transfer::Verify::Yes } else { transfer::Verify::No };
+                let (stem, text) = transfer::patch_channel(name, &planned.image.version, &source, verify)
+                    .unwrap_or_else(|| (name.to_string(), transfer::any_version(name, &source, verify)));
                 for suffix in ["conf", "transfer"] {
                     entries.push(Entry::File {
                         path: format!("{dir}/{stem}.{suffix}"),
                         mode: 0o644,
-                        contents: text.clone(),
+                        contents: text.clone().into_bytes(),
                     });
                 }
             }
+        }
+        if let (Some(_), Some(keyring)) = (req.sysupdate, req.keyring) {
+            entries.push(Entry::File {
+                path: node::SYSUPDATE_KEYRING.to_owned(),
+                mode: 0o644,
+                contents: keyring.to_vec(),
+            });
         }
         if req.sysupdate.is_some() {
             entries.push(Entry::Dir { path: node::SYSUPDATE_DEFAULT_DIR.to_owned() });
             entries.push(Entry::File {
                 path: node::noop_transfer(),
                 mode: 0o644,
-                contents: transfer::noop().to_owned(),
+                contents: transfer::noop().as_bytes().to_vec(),
             });
         }
-        let enable = vec![EnabledUnit {
+        if req.os == NodeOs::Ubuntu {
+            let unit = node::etc_unit(node::SYSEXT_UNITS_SERVICE);
+            let wants = node::wants_dir(node::SYSEXT_WANTED_BY);
+            entries.push(Entry::Dir { path: wants.clone() });
+            entries.push(Entry::File { path: unit.clone(), mode: 0o644, contents: SYSEXT_UNITS_UNIT.into() });
+            entries.push(Entry::Link {
+                path: node::wants_link(node::SYSEXT_WANTED_BY, node::SYSEXT_UNITS_SERVICE),
+                target: unit,
+                replace: false,
+            });
+        }
+        let mut enable = vec![EnabledUnit {
             name: node::SYSEXT_SERVICE.to_owned(),
             wanted_by: node::SYSEXT_WANTED_BY.to_owned(),
             by_os: req.os == NodeOs::Flatcar,
+            if_present: false,
         }];
+        if req.sysupdate.is_some() {
+            // The transfer files do nothing until something runs sysupdate; Flatcar's own
+            // sysext-bakery instructions enable this timer too.
+            enable.push(EnabledUnit {
+                name: node::SYSUPDATE_TIMER.to_owned(),
+                wanted_by: node::SYSUPDATE_WANTED_BY.to_owned(),
+                by_os: false,
+                if_present: true,
+            });
+        }
         NodePlan { os: req.os, entries, enable }
+    }
+
+    /// Adds the node agent: its configuration and the release's public key in
+    /// `/etc/composer/`, and `composer-node-sync.service` in `/etc/systemd/system/`, enabled
+    /// for `multi-user.target`. The plan's images must include the composer extension that
+    /// ships the agent's binary.
+    pub fn with_agent(mut self, agent: &AgentFiles) -> NodePlan {
+        use crate::node::{config, unit};
+        self.entries.push(Entry::Dir { path: config::CONFIG_DIR.to_owned() });
+        for (path, contents) in [(config::CONFIG_PATH, &agent.config), (config::PUBKEY_PATH, &agent.pubkey)] {
+            self.entries.push(Entry::File {
+                path: path.to_owned(),
+                mode: 0o644,
+                contents: contents.clone().into_bytes(),
+            });
+        }
+        self.entries.push(Entry::Dir { path: node::ETC_UNITS_DIR.to_owned() });
+        self.entries.push(Entry::File {
+            path: unit::UNIT_PATH.to_owned(),
+            mode: 0o644,
+            contents: agent.unit.clone().into_bytes(),
+        });
+        self.enable.push(EnabledUnit {
+            name: unit::UNIT.to_owned(),
+            wanted_by: unit::WANTED_BY.to_owned(),
+            by_os: false,
+            if_present: false,
+        });
+        for (path, contents) in
+            [(unit::UPGRADE_UNIT_PATH, unit::upgrade_unit()), (unit::UPGRADE_TIMER_PATH, unit::upgrade_timer())]
+        {
+            self.entries.push(Entry::File { path: path.to_owned(), mode: 0o644, contents: contents.into_bytes() });
+        }
+        if agent.auto_upgrade {
+            self.enable.push(EnabledUnit {
+                name: unit::UPGRADE_TIMER.to_owned(),
+                wanted_by: unit::TIMER_WANTED_BY.to_owned(),
+                by_os: false,
+                if_present: false,
+            });
+        }
+        self
     }
 
     /// The images the plan installs.
@@ -248,7 +352,12 @@ mod tests {
     fn flatcar_plan_with_sysupdate() {
         let images = [planned("kubernetes-v1.31.3-x86-64.raw"), planned("cni-v1.6.2-x86-64.raw")];
         let base: BaseUrl = "https://example.org/r".parse().unwrap();
-        let plan = NodePlan::build(&PlanRequest { os: NodeOs::Flatcar, images: &images, sysupdate: Some(&base) });
+        let plan = NodePlan::build(&PlanRequest {
+            os: NodeOs::Flatcar,
+            images: &images,
+            sysupdate: Some(&base),
+            keyring: None,
+        });
         let paths: Vec<&str> = plan.entries.iter().map(Entry::path).collect();
         assert_eq!(
             paths,
@@ -271,8 +380,18 @@ mod tests {
             ]
         );
         let Entry::File { contents, .. } = &plan.entries[5] else { panic!("transfer file") };
+        let contents = String::from_utf8_lossy(contents);
         assert!(contents.contains("Path=https://example.org/r/kubernetes/\nMatchPattern=kubernetes-v1.31.@v-%a.raw\n"));
-        assert!(plan.enable.iter().all(|u| u.by_os), "Flatcar enables systemd-sysext itself");
+        assert!(plan.enable[0].by_os, "Flatcar enables systemd-sysext itself");
+        // The timer the transfer files need, not enabled by Flatcar, only where it exists.
+        let timer = &plan.enable[1];
+        assert_eq!((timer.name.as_str(), timer.by_os, timer.if_present), ("systemd-sysupdate.timer", false, true));
+        assert_eq!(timer.link(), "/etc/systemd/system/timers.target.wants/systemd-sysupdate.timer");
+        assert_eq!(plan.enable.len(), 2);
+        assert!(
+            !plan.paths().iter().any(|p| p.contains(node::SYSEXT_UNITS_SERVICE)),
+            "Flatcar's ensure-sysext.service starts the extensions' units"
+        );
         assert_eq!(
             plan.links().collect::<Vec<_>>()[0],
             ("/etc/extensions/kubernetes.raw", "/opt/extensions/kubernetes/kubernetes-v1.31.3-x86-64.raw")
@@ -280,18 +399,65 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_release_gets_verify_and_its_keyring() {
+        let images = [planned("kubernetes-v1.31.3-x86-64.raw")];
+        let base: BaseUrl = "https://example.org/r/".parse().unwrap();
+        let keyring = [0x99u8, 0x00, 0x33, 0xff];
+        let req = PlanRequest { os: NodeOs::Ubuntu, images: &images, sysupdate: Some(&base), keyring: Some(&keyring) };
+        let plan = NodePlan::build(&req);
+        let transfer = plan.entries.iter().find(|e| e.path().ends_with(".transfer")).unwrap();
+        let Entry::File { contents, .. } = transfer else { panic!("a file") };
+        assert!(contents.starts_with(b"[Transfer]\nVerify=yes\n"));
+        let ring = plan.entries.iter().find(|e| e.path() == node::SYSUPDATE_KEYRING).expect("the keyring");
+        assert!(matches!(ring, Entry::File { contents, mode: 0o644, .. } if contents == &keyring));
+        // Without sysupdate nothing reads it, and without a keyring nothing is verified.
+        let plain = NodePlan::build(&PlanRequest { sysupdate: None, ..req.clone() });
+        assert!(!plain.paths().iter().any(|p| p == node::SYSUPDATE_KEYRING));
+        let unsigned = NodePlan::build(&PlanRequest { keyring: None, ..req });
+        let Some(Entry::File { contents, .. }) = unsigned.entries.iter().find(|e| e.path().ends_with(".transfer"))
+        else {
+            panic!("a transfer file")
+        };
+        assert!(contents.starts_with(b"[Transfer]\nVerify=false\n"));
+    }
+
+    #[test]
     fn ubuntu_enables_systemd_sysext() {
         let images = [planned("containerd-2.0.4-arm64.raw")];
-        let plan = NodePlan::build(&PlanRequest { os: NodeOs::Ubuntu, images: &images, sysupdate: None });
-        assert_eq!(plan.entries.len(), 4, "no transfer files and no Flatcar masks on Ubuntu");
+        let plan =
+            NodePlan::build(&PlanRequest { os: NodeOs::Ubuntu, images: &images, sysupdate: None, keyring: None });
+        let paths: Vec<&str> = plan.entries.iter().map(Entry::path).collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/extensions",
+                "/opt/extensions/containerd",
+                "/opt/extensions/containerd/containerd-2.0.4-arm64.raw",
+                "/etc/extensions/containerd.raw",
+                "/etc/systemd/system/sysinit.target.wants",
+                "/etc/systemd/system/sysext-units.service",
+                "/etc/systemd/system/sysinit.target.wants/sysext-units.service",
+            ],
+            "no transfer files and no Flatcar masks on Ubuntu, and the unit that starts the extensions' services"
+        );
         assert_eq!(plan.enable[0].link(), "/etc/systemd/system/sysinit.target.wants/systemd-sysext.service");
         assert!(!plan.enable[0].by_os);
+        assert!(plan.links().any(|l| l
+            == (
+                "/etc/systemd/system/sysinit.target.wants/sysext-units.service",
+                "/etc/systemd/system/sysext-units.service"
+            )));
+        let Entry::File { contents, mode: 0o644, .. } = &plan.entries[5] else { panic!("the unit file") };
+        let contents = String::from_utf8_lossy(contents);
+        assert!(contents.contains("\nBindsTo=systemd-sysext.service\nAfter=systemd-sysext.service\n"));
+        assert!(contents.contains("\n[Install]\nWantedBy=sysinit.target\n"), "enabled where the link says");
     }
 
     #[test]
     fn containerd_masks_flatcars_builtin_runtimes() {
         let images = [planned("containerd-2.0.4-x86-64.raw")];
-        let plan = NodePlan::build(&PlanRequest { os: NodeOs::Flatcar, images: &images, sysupdate: None });
+        let plan =
+            NodePlan::build(&PlanRequest { os: NodeOs::Flatcar, images: &images, sysupdate: None, keyring: None });
         let links: Vec<_> = plan
             .entries
             .iter()
@@ -310,7 +476,8 @@ mod tests {
         );
         // Without containerd, Flatcar keeps its own runtime.
         let images = [planned("kubernetes-v1.31.3-x86-64.raw")];
-        let plan = NodePlan::build(&PlanRequest { os: NodeOs::Flatcar, images: &images, sysupdate: None });
+        let plan =
+            NodePlan::build(&PlanRequest { os: NodeOs::Flatcar, images: &images, sysupdate: None, keyring: None });
         assert!(plan.links().all(|(_, t)| t != "/dev/null"));
     }
 }

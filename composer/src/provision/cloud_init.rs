@@ -69,7 +69,9 @@ fn sh(s: &str) -> String {
 /// script runs once per phase, then the call to `main`.
 pub fn script(plan: &NodePlan) -> Result<String> {
     let mut s = String::from(SCRIPT);
-    s.push_str("plan() {\n");
+    // Every argument below is single-quoted data (file contents may hold `$` or backquotes
+    // on purpose); shellcheck's hint that they do not expand is the point.
+    s.push_str("# shellcheck disable=SC2016\nplan() {\n");
     if plan.images().next().is_some() {
         let _ = writeln!(s, "    stage {}", sh(sysext_model::node::IMAGES_ROOT));
     }
@@ -95,16 +97,25 @@ pub fn script(plan: &NodePlan) -> Result<String> {
                     sh(url)
                 );
             }
-            Entry::File { path, mode, contents } => {
-                let _ = writeln!(s, "    file {} {} {}", sh(path), sh(&format!("{mode:o}")), sh(contents));
-            }
+            Entry::File { path, mode, contents } => match std::str::from_utf8(contents) {
+                Ok(text) => {
+                    let _ = writeln!(s, "    file {} {} {}", sh(path), sh(&format!("{mode:o}")), sh(text));
+                }
+                // A binary file (an OpenPGP keyring) cannot be a shell argument: base64.
+                Err(_) => {
+                    use base64::Engine as _;
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(contents);
+                    let _ = writeln!(s, "    file_base64 {} {} {}", sh(path), sh(&format!("{mode:o}")), sh(&b64));
+                }
+            },
             Entry::Link { path, target, .. } => {
                 let _ = writeln!(s, "    link {} {}", sh(path), sh(target));
             }
         }
     }
     for unit in plan.enable.iter().filter(|u| !u.by_os) {
-        let _ = writeln!(s, "    enable_unit {} {}", sh(&unit.name), sh(&unit.wanted_by));
+        let if_present = if unit.if_present { " if-present" } else { "" };
+        let _ = writeln!(s, "    enable_unit {} {}{if_present}", sh(&unit.name), sh(&unit.wanted_by));
     }
     s.push_str("}\n\nmain \"$@\"\n");
     Ok(s)
@@ -147,6 +158,28 @@ pub fn render(doc: &serde_yaml_ng::Value) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_files_travel_as_base64_and_decode_to_their_bytes() {
+        use crate::plan::{NodeOs, NodePlan, PlanRequest};
+        let mut plan =
+            NodePlan::build(&PlanRequest { os: NodeOs::Ubuntu, images: &[], sysupdate: None, keyring: None });
+        let bytes = vec![0x99, 0x00, b'\'', 0xff, b'\n'];
+        plan.entries.push(Entry::File {
+            path: "/etc/systemd/import-pubring.gpg".into(),
+            mode: 0o644,
+            contents: bytes.clone(),
+        });
+        let text = script(&plan).unwrap();
+        let line = text.lines().find(|l| l.contains("import-pubring.gpg")).unwrap();
+        let b64 = line.rsplit(' ').next().unwrap().trim_matches('\'');
+        assert!(line.trim_start().starts_with("file_base64 '/etc/systemd/import-pubring.gpg' '644' "), "{line}");
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("printf '%s' '{b64}' | base64 -d")])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, bytes, "what the node's base64 -d writes");
+    }
 
     #[test]
     fn quoting_survives_quotes() {

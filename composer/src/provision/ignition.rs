@@ -184,11 +184,14 @@ pub(crate) fn storage_and_units(plan: &NodePlan, small: SmallFiles) -> Result<(S
                 });
             }
             Entry::File { path, mode, contents } => {
-                let resource = match small {
-                    SmallFiles::DataUrl => {
-                        Resource { source: Some(data_url(contents.as_bytes())), ..Resource::default() }
+                // Butane's inline text cannot hold binary files (an OpenPGP keyring): those stay
+                // data URLs there too.
+                let text = std::str::from_utf8(contents).ok();
+                let resource = match (small, text) {
+                    (SmallFiles::Inline, Some(text)) => {
+                        Resource { inline: Some(text.to_owned()), ..Resource::default() }
                     }
-                    SmallFiles::Inline => Resource { inline: Some(contents.clone()), ..Resource::default() },
+                    _ => Resource { source: Some(data_url(contents)), ..Resource::default() },
                 };
                 storage.files.push(File {
                     path: path.clone(),

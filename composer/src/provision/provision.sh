@@ -41,8 +41,9 @@ if [ "$ROOT" = / ]; then ROOT=; fi
 ATTEMPTS=${COMPOSER_PROVISION_ATTEMPTS:-30}
 BACKOFF=${COMPOSER_PROVISION_BACKOFF:-2}
 MAX_BACKOFF=60
-# Where units live on merged-/usr systems and on older Debian and Ubuntu.
-UNIT_DIRS="/usr/lib/systemd/system /lib/systemd/system"
+# Where units live, in systemd's order: the admin's (and this plan's own), then the OS's on
+# merged-/usr systems and on older Debian and Ubuntu.
+UNIT_DIRS="/etc/systemd/system /usr/lib/systemd/system /lib/systemd/system"
 
 PHASE=
 DOWNLOADER=
@@ -52,6 +53,8 @@ CREATED_TOP=
 PENDING=
 UNIT_FILE=
 MISMATCH=
+# Files the plan writes (collected in the check phase, before they exist).
+PLANNED=
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() {
@@ -259,11 +262,32 @@ image() {
 # file PATH MODE CONTENTS
 file() {
     case $PHASE in
-        check) check_replaceable "$1" ;;
+        check)
+            check_replaceable "$1"
+            PLANNED="$PLANNED $1 "
+            ;;
         install)
             PENDING=$ROOT$1.composer-new
             rm -f "$PENDING"
             printf '%s' "$3" >"$PENDING"
+            chmod "$2" "$PENDING"
+            mv -f "$PENDING" "$ROOT$1"
+            PENDING=
+            ;;
+    esac
+}
+
+# file_base64 PATH MODE BASE64: a binary file (an OpenPGP keyring), as file does.
+file_base64() {
+    case $PHASE in
+        check)
+            check_replaceable "$1"
+            PLANNED="$PLANNED $1 "
+            ;;
+        install)
+            PENDING=$ROOT$1.composer-new
+            rm -f "$PENDING"
+            printf '%s' "$3" | base64 -d >"$PENDING"
             chmod "$2" "$PENDING"
             mv -f "$PENDING" "$ROOT$1"
             PENDING=
@@ -279,20 +303,39 @@ link() {
     esac
 }
 
-# Sets UNIT_FILE to where unit $1 is installed.
+# Sets UNIT_FILE to where unit $1 is installed (or, for a unit the plan writes, will be).
+# has_unit UNIT: whether the plan writes UNIT or the system has it in a unit directory.
+has_unit() {
+    for d in $UNIT_DIRS; do
+        case $PLANNED in *" $d/$1 "*) return 0 ;; esac
+        if [ -e "$ROOT$d/$1" ]; then return 0; fi
+    done
+    return 1
+}
+
 find_unit() {
     UNIT_FILE=
     for d in $UNIT_DIRS; do
+        if [ -z "$UNIT_FILE" ]; then
+            case $PLANNED in *" $d/$1 "*) UNIT_FILE=$d/$1 ;; esac
+        fi
         if [ -z "$UNIT_FILE" ] && [ -e "$ROOT$d/$1" ]; then UNIT_FILE=$d/$1; fi
     done
     if [ -z "$UNIT_FILE" ]; then
-        die "no $1 in ${UNIT_DIRS% *}: this system's systemd cannot merge system extensions"
+        case $1 in
+            systemd-sysext.service) die "no $1 in ${UNIT_DIRS#* }: this system's systemd cannot merge system extensions" ;;
+            *) die "no $1 in $UNIT_DIRS" ;;
+        esac
     fi
 }
 
-# enable_unit UNIT TARGET: the link `systemctl enable` makes for WantedBy=TARGET.
+# enable_unit UNIT TARGET [if-present]: the link `systemctl enable` makes for
+# WantedBy=TARGET; with if-present, nothing where the system has no such unit.
 enable_unit() {
     wants=/etc/systemd/system/$2.wants
+    if [ "${3-}" = if-present ] && ! has_unit "$1"; then
+        return 0
+    fi
     case $PHASE in
         check)
             find_unit "$1"

@@ -2,6 +2,10 @@
 //! binary by bakery against the fake upstream, synthetic disks, and the composer binary.
 #![allow(dead_code)] // each test binary uses a different subset
 
+#[allow(dead_code)] // used by the root tests only
+pub mod namespace;
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -34,7 +38,9 @@ impl Extensions {
     }
 }
 
-fn bake(dir: &Path, mirror: &str, ext: &str, version: &str, arch: Arch, os: &str) -> PathBuf {
+/// Builds one extension with bakery against the fake upstream at `mirror`, into
+/// `dir/<arch>-<os>/`.
+pub fn bake(dir: &Path, mirror: &str, ext: &str, version: &str, arch: Arch, os: &str) -> PathBuf {
     let out = dir.join(format!("{arch}-{os}").replace(':', "_"));
     let code = bakery::cli::main_from_iter([
         "bakery",
@@ -190,21 +196,232 @@ pub fn assert_refused(o: &Output, out: &Path, input: &Path, input_sha: &str, nee
 }
 
 /// Publishes the test extensions into a signed release directory; returns it and the key pair.
-pub fn release(dir: &Path, exts: &Extensions) -> (std::path::PathBuf, std::path::PathBuf) {
+pub fn release(dir: &Path, exts: &Extensions) -> (PathBuf, PathBuf) {
+    let (release, public, _) = signed_release(dir, &exts.all());
+    (release, public)
+}
+
+/// Makes a key pair in `dir/keys` and publishes `images` into `dir/release` (serial 1);
+/// returns the release, the public key and the options, for publishing again with the same
+/// key (a later serial).
+pub fn signed_release(dir: &Path, images: &[&Path]) -> (PathBuf, PathBuf, Publisher) {
     let keys = dir.join("keys");
     signing::keygen(&keys).unwrap();
-    let key = signing::PrivateKey::read_pem(&keys.join("private.pem")).unwrap();
-    let images: Vec<_> = exts.all().iter().map(|p| bakery::release::new_image(p).unwrap()).collect();
-    let release = dir.join("release");
-    let opts = release_index::publish::PublishOptions {
-        release_dir: &release,
-        key: &key,
-        base_url: Some("https://sysext.example.org/ext/".parse().unwrap()),
-        valid_for: std::time::Duration::from_secs(86_400),
-        now: release_index::timestamp::Timestamp::now(),
-        keep_generations: 3,
-        fail_after: None,
+    let publisher = Publisher {
+        key: signing::PrivateKey::read_pem(&keys.join("private.pem")).unwrap(),
+        release: dir.join("release"),
     };
-    release_index::publish::publish(&images, &opts).unwrap();
-    (release, keys.join("public.pem"))
+    let images: Vec<_> = images.iter().map(|p| bakery::release::new_image(p).unwrap()).collect();
+    publisher.publish(&images);
+    (publisher.release.clone(), keys.join("public.pem"), publisher)
+}
+
+/// Publishes into one release directory with one key.
+pub struct Publisher {
+    pub key: signing::PrivateKey,
+    pub release: PathBuf,
+}
+
+impl Publisher {
+    pub fn publish(&self, images: &[release_index::publish::NewImage]) {
+        let opts = release_index::publish::PublishOptions {
+            release_dir: &self.release,
+            key: &self.key,
+            rotation: None,
+            openpgp: false,
+            base_url: Some("https://sysext.example.org/ext/".parse().unwrap()),
+            valid_for: std::time::Duration::from_secs(86_400),
+            now: release_index::timestamp::Timestamp::now(),
+            keep_generations: 3,
+            fail_after: None,
+        };
+        release_index::publish::publish(images, &opts).unwrap();
+    }
+}
+
+/// A squashfs extension `<name>-<version>-<arch>.raw` with `ID=_any` and `len` bytes of
+/// incompressible payload (from `seed`), made with mksquashfs (no compression, so the size is predictable).
+pub fn squashfs_extension(dir: &Path, name: &str, version: &str, arch: Arch, seed: u64, len: usize) -> PathBuf {
+    let tree = dir.join(format!("tree-{name}"));
+    std::fs::create_dir_all(tree.join("usr/lib/extension-release.d")).unwrap();
+    std::fs::create_dir_all(tree.join(format!("usr/share/{name}"))).unwrap();
+    std::fs::write(
+        tree.join(format!("usr/lib/extension-release.d/extension-release.{name}")),
+        format!("ID=_any\nARCHITECTURE={arch}\n"),
+    )
+    .unwrap();
+    let payload = sysext_tests::noise(seed, len);
+    std::fs::write(tree.join(format!("usr/share/{name}/payload")), payload).unwrap();
+    let image = dir.join(format!("{name}-{version}-{arch}.raw"));
+    let st = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&image)
+        .args(["-all-root", "-noappend", "-quiet", "-noI", "-noD", "-noF", "-noX"])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    image
+}
+
+/// Everything under `root`: kind, mode, and bytes or link target, one line per entry.
+pub fn tree(root: &Path) -> Vec<String> {
+    tree_lines(root, false)
+}
+
+/// [`tree`] with each entry's inode and modification time too: equal only if nothing was
+/// rewritten, not even with the same bytes.
+pub fn tree_with_times(root: &Path) -> Vec<String> {
+    tree_lines(root, true)
+}
+
+fn tree_lines(root: &Path, times: bool) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(root: &Path, dir: &Path, times: bool, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            let rel = format!("/{}", p.strip_prefix(root).unwrap().display());
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let mode = meta.mode() & 0o7777;
+            let stamp = if times {
+                format!(" ino {} mtime {}.{:09}", meta.ino(), meta.mtime(), meta.mtime_nsec())
+            } else {
+                String::new()
+            };
+            if meta.file_type().is_symlink() {
+                out.push(format!("symlink {rel} -> {}{stamp}", std::fs::read_link(&p).unwrap().display()));
+            } else if meta.is_dir() {
+                out.push(format!("dir {mode:o} {rel}{stamp}"));
+                walk(root, &p, times, out);
+            } else {
+                out.push(format!("file {mode:o} {rel} sha256 {}{stamp}", sha256(&p)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, times, &mut out);
+    out
+}
+
+/// Every entry of the plan is in `root` as planned, each enabled unit is linked (to the
+/// unit file the plan writes in /etc/systemd/system, or the OS's in /usr/lib/systemd/system),
+/// and no scratch file is left.
+pub fn assert_root_holds(root: &Path, plan: &composer::plan::NodePlan) {
+    use composer::plan::Entry;
+    let lines = tree(root);
+    for e in &plan.entries {
+        let want = match e {
+            Entry::Dir { path } => format!("dir 755 {path}"),
+            Entry::Image { path, image } => format!("file 644 {path} sha256 {}", image.sha256),
+            Entry::File { path, mode, contents } => {
+                format!("file {mode:o} {path} sha256 {}", signing::Sha256Digest::of(contents))
+            }
+            Entry::Link { path, target, .. } => format!("symlink {path} -> {target}"),
+        };
+        assert!(lines.contains(&want), "missing '{want}' in:\n{}", lines.join("\n"));
+    }
+    for u in plan.enable.iter().filter(|u| !u.by_os) {
+        let etc = format!("/etc/systemd/system/{}", u.name);
+        let planned = plan.entries.iter().any(|e| e.path() == etc);
+        let unit = if planned { etc } else { format!("/usr/lib/systemd/system/{}", u.name) };
+        if u.if_present && !planned && root.join(unit.trim_start_matches('/')).symlink_metadata().is_err() {
+            let link = format!("symlink {} -> ", u.link());
+            assert!(!lines.iter().any(|l| l.starts_with(&link)), "{} enabled without its unit", u.name);
+            continue;
+        }
+        let want = format!("symlink {} -> {unit}", u.link());
+        assert!(lines.contains(&want), "missing '{want}' in:\n{}", lines.join("\n"));
+    }
+    let leftovers: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains(".composer-provision.") || l.contains(".composer-new") || l.contains(".composer-sync-"))
+        .collect();
+    assert!(leftovers.is_empty(), "scratch files left: {leftovers:?}");
+}
+
+/// composer's version, which its extension carries.
+pub const COMPOSER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The `composer` extension, built by bakery with the recipe in composer/extension from this
+/// build's composer binary, laid out as that recipe's `--mirror` expects (the steps the
+/// README gives); once per test binary. lz4, because the debug binary is large and the
+/// compression level is not what is tested.
+pub fn composer_extension() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let arch = host_arch();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("composer-self-{}", std::env::current_exe().unwrap().file_name().unwrap().to_string_lossy()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dist = dir.join(format!("dist/{COMPOSER_VERSION}/{arch}"));
+        std::fs::create_dir_all(&dist).unwrap();
+        std::fs::copy(env!("CARGO_BIN_EXE_composer"), dist.join("composer")).unwrap();
+        std::fs::write(dist.join("composer.sha256"), sha256(&dist.join("composer"))).unwrap();
+        let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("extension");
+        let out = dir.join("out");
+        let code = bakery::cli::main_from_iter([
+            "bakery",
+            "create",
+            "composer",
+            COMPOSER_VERSION,
+            "--arch",
+            arch.as_str(),
+            "--recipes",
+            recipes.to_str().unwrap(),
+            "--mirror",
+            &format!("file://{}", dir.join("dist").display()),
+            "--compression",
+            "lz4",
+            "--cache",
+            dir.join("cache").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, std::process::ExitCode::SUCCESS, "bakery create composer {COMPOSER_VERSION} failed");
+        out.join(format!("composer-{COMPOSER_VERSION}-{arch}.raw"))
+    })
+}
+
+/// kubernetes `version` for the host, built by bakery against the fake upstream; once per
+/// test binary and version.
+pub fn kubernetes_image(version: &'static str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(&str, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
+    if let Some((_, p)) = built.iter().find(|(v, _)| *v == version) {
+        return p.clone();
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "composer-kubernetes-{version}-{}",
+        std::env::current_exe().unwrap().file_name().unwrap().to_string_lossy()
+    ));
+    let server = FixtureServer::start();
+    let up = FakeUpstream::new(&server);
+    up.kubernetes(version);
+    let path = bake(&dir, &up.mirror(), "kubernetes", version, host_arch(), "_any");
+    built.push((version, path.clone()));
+    path
+}
+
+/// `bakery publish IMAGES --to RELEASE --key KEY` plus `extra`, as a user runs it.
+pub fn bakery_publish(release: &Path, key: &Path, images: &[&Path], extra: &[&str]) {
+    let mut args: Vec<std::ffi::OsString> = vec!["bakery".into(), "publish".into()];
+    args.extend(images.iter().map(|p| p.as_os_str().to_owned()));
+    args.extend(["--to".into(), release.as_os_str().to_owned(), "--key".into(), key.as_os_str().to_owned()]);
+    args.extend(extra.iter().map(std::ffi::OsString::from));
+    let code = bakery::cli::main_from_iter(args);
+    assert_eq!(code, std::process::ExitCode::SUCCESS, "bakery publish {images:?} {extra:?} failed");
+}
+
+/// The node plan's entry for the image at `path`, which nodes download from `base` + its name.
+#[allow(dead_code)] // not every test binary builds plans
+pub fn planned_image(path: &Path, base: &str) -> composer::plan::PlannedImage {
+    let d = signing::Digests::of(&std::fs::read(path).unwrap());
+    let file = path.file_name().unwrap().to_str().unwrap();
+    composer::plan::PlannedImage {
+        image: file.parse().unwrap(),
+        size: d.size,
+        sha256: d.sha256,
+        sha512: d.sha512,
+        source: composer::plan::ImageSource::Url(format!("{base}{file}")),
+    }
 }

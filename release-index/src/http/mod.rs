@@ -47,6 +47,10 @@ pub struct HttpOptions {
     pub max_retry_after: Duration,
     /// `User-Agent` header.
     pub user_agent: String,
+    /// A PEM file of CA certificates trusted in addition to the system's (a private CA for an
+    /// internal mirror or registry). `SSL_CERT_FILE` and `SSL_CERT_DIR` replace the system
+    /// store instead, as for curl.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpOptions {
@@ -59,6 +63,7 @@ impl Default for HttpOptions {
             backoff: Duration::from_millis(500),
             max_retry_after: Duration::from_secs(30),
             user_agent: concat!("sysext-bakery/", env!("CARGO_PKG_VERSION")).to_owned(),
+            ca_file: None,
         }
     }
 }
@@ -256,13 +261,23 @@ fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 impl HttpClient {
     /// A client with these options.
     pub fn new(opts: HttpOptions) -> Result<Self, HttpError> {
-        let inner = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .user_agent(opts.user_agent.clone())
             .connect_timeout(opts.connect_timeout)
             // reqwest applies this to the wait for the response and to every body read.
-            .timeout(opts.timeout)
-            .build()
-            .map_err(|e| HttpError::BadUrl { url: String::new(), message: error_chain(&e) })?;
+            .timeout(opts.timeout);
+        if let Some(ca) = &opts.ca_file {
+            let bad = |message: String| HttpError::BadUrl { url: format!("--ca-file {}", ca.display()), message };
+            let pem = std::fs::read(ca).map_err(|e| bad(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(error_chain(&e)))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let inner = builder.build().map_err(|e| HttpError::BadUrl { url: String::new(), message: error_chain(&e) })?;
         Ok(Self { inner, opts })
     }
 

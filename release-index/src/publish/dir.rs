@@ -19,7 +19,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use signing::{Digests, PrivateKey};
+use signing::{Digests, PublicKey};
 use sysext_model::ImageName;
 
 use super::{io_err, PublishError, Stage, Step, Target};
@@ -135,20 +135,14 @@ impl Target for DirTarget {
         Ok(Box::new(Lock { _file: lock }))
     }
 
-    fn current(&self, key: &PrivateKey) -> Result<Option<Index>, PublishError> {
+    fn current(&self, key: &PublicKey) -> Result<Option<Index>, PublishError> {
         let Current::Generation(generation) = self.current_state()? else { return Ok(None) };
         let invalid = |reason: String| PublishError::CurrentInvalid { path: generation.clone(), reason };
         let index_path = generation.join(layout::INDEX);
         let bytes = fs::read(&index_path).map_err(io_err(&index_path))?;
         let index = Index::parse(&bytes).map_err(|e| invalid(e.to_string()))?;
-        if index.key_id != key.key_id() {
-            return Err(PublishError::KeyMismatch {
-                path: self.release_dir.clone(),
-                current: index.key_id,
-                given: key.key_id(),
-            });
-        }
-        key.public().verify_file(&index_path).map_err(|e| invalid(e.to_string()))?;
+        super::check_signer(&index, key, &self.release_dir)?;
+        key.verify_file(&index_path).map_err(|e| invalid(e.to_string()))?;
         if generation.file_name().is_none_or(|n| n.to_string_lossy() != generation_name(index.serial)) {
             return Err(invalid(format!(
                 "index.json has serial {} but lives in {}",
@@ -178,6 +172,10 @@ impl Target for DirTarget {
             Current::Absent => (None, false),
         };
         Ok(Box::new(DirStage { target: self, serial, tmp, current, replace_empty_dir, armed: true }))
+    }
+
+    fn incoming_dir(&self) -> Option<PathBuf> {
+        Some(self.store.join(".incoming"))
     }
 
     fn abandon_first(&self) {
@@ -259,9 +257,17 @@ impl Stage for DirStage<'_> {
         link_or_copy(&cur.join(layout::sig(&file)), &self.tmp.join(layout::sig(&file)))
     }
 
-    fn add_image(&mut self, name: &ImageName, bytes: &[u8], signature: &[u8]) -> Result<(), PublishError> {
-        let file = name.to_string();
+    fn add_image(&mut self, artifact: &Artifact, bytes: &[u8], signature: &[u8]) -> Result<(), PublishError> {
+        let file = artifact.file.to_string();
         write_file(&self.tmp.join(&file), bytes)?;
+        write_file(&self.tmp.join(layout::sig(&file)), signature)
+    }
+
+    fn add_image_file(&mut self, artifact: &Artifact, path: &Path, signature: &[u8]) -> Result<(), PublishError> {
+        let file = artifact.file.to_string();
+        let dest = self.tmp.join(&file);
+        link_or_copy(path, &dest)?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o644)).map_err(io_err(&dest))?;
         write_file(&self.tmp.join(layout::sig(&file)), signature)
     }
 

@@ -6,9 +6,14 @@
 //! signatures, the checksum lists, the transfer files and finally the signed index) and make
 //! it current in one step. Until that step readers see the previous release, complete and
 //! valid; after it, the new one. [`dir`] is the directory backend (a symlink swapped with one
-//! `rename(2)`); an OCI backend plugs in behind the same trait.
+//! `rename(2)`), [`oci`] the registry backend (a tag moved with one manifest PUT), [`static_dir`]
+//! a plain directory for static hosts, written file by file in an order no reader can catch
+//! half-done. [`mirror`] copies a signed release into any of them with the same flow.
 
 pub mod dir;
+pub mod mirror;
+pub mod oci;
+pub mod static_dir;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -16,15 +21,56 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use signing::{Digests, KeyError, KeyId, PrivateKey, Sha256Digest};
+use signing::openpgp::OpenPgpKey;
+use signing::{Digests, KeyError, KeyId, PrivateKey, PublicKey, Sha256Digest};
 use sysext_model::{BaseUrl, ExtensionRelease, ImageName};
 
 use crate::index::{Artifact, Index, SCHEMA_VERSION};
 use crate::inputs::Input;
 use crate::layout::{self, Entry};
+use crate::rotation::KeyRotation;
 use crate::timestamp::Timestamp;
 
 pub use dir::{generations_dir, DirTarget};
+pub use oci::OciTarget;
+pub use static_dir::StaticDirTarget;
+
+/// Where a release is published or mirrored to, as given on a command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A release directory managed by publish (a symlink to its current generation).
+    Dir(PathBuf),
+    /// A repository in an OCI registry.
+    Oci(crate::oci::OciRepo),
+}
+
+impl std::str::FromStr for Destination {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if crate::oci::is_oci(s) {
+            return s.parse().map(Self::Oci).map_err(|e: crate::oci::OciRepoParseError| e.to_string());
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            return Err(format!(
+                "{s}: an http(s) server cannot be written to; write a directory and upload it (in the order docs/static-hosting.md gives), or use oci://REGISTRY/REPOSITORY"
+            ));
+        }
+        if s.is_empty() {
+            return Err("an empty destination".into());
+        }
+        Ok(Self::Dir(PathBuf::from(s.strip_prefix("file://").unwrap_or(s))))
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(d) => write!(f, "{}", d.display()),
+            Self::Oci(r) => r.fmt(f),
+        }
+    }
+}
 
 /// An image to publish, with what the caller read from inside it.
 #[derive(Clone, Debug)]
@@ -83,6 +129,13 @@ pub struct PublishOptions<'a> {
     pub release_dir: &'a Path,
     /// The release signing key.
     pub key: &'a PrivateKey,
+    /// A planned key rotation to `key` from the key that signed the current release, which
+    /// vouches for it (see [`crate::rotation`]).
+    pub rotation: Option<&'a KeyRotation>,
+    /// Also sign every `SHA256SUMS` with the OpenPGP key derived from `key`, for stock
+    /// systemd-sysupdate. Once a release has OpenPGP signatures, every later publish keeps
+    /// them (nodes were given transfer files with `Verify=yes`).
+    pub openpgp: bool,
     /// Where the release will be served; required the first time, remembered after.
     pub base_url: Option<BaseUrl>,
     /// How long the new index stays valid.
@@ -145,7 +198,7 @@ pub enum PublishError {
         reason: String,
     },
     /// The current index was signed by another key.
-    #[error("{}: index.json is signed by key {current}, but the key given is {given}; publish with the release's key", path.display())]
+    #[error("{}: index.json is signed by key {current}, but the key given is {given}; publish with the release's key (or, to move the release to a new key, with the new key and --rotation)", path.display())]
     KeyMismatch {
         /// The release directory.
         path: PathBuf,
@@ -154,8 +207,26 @@ pub enum PublishError {
         /// Key id of the key given.
         given: KeyId,
     },
+    /// The key given was retired by a rotation of this release.
+    #[error("{}: key {given} was retired by the rotation to {current}, which signs this release now; publish with {current}", path.display())]
+    RetiredKey {
+        /// The release directory.
+        path: PathBuf,
+        /// Key id in the current index.
+        current: KeyId,
+        /// The retired key given.
+        given: KeyId,
+    },
+    /// A rotation that cannot be applied.
+    #[error("{}: {reason}", path.display())]
+    Rotation {
+        /// The release directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// No base URL on a first publish.
-    #[error("{}: a first publish needs --base-url (the http(s) URL this directory will be served from; transfer files point into it)", path.display())]
+    #[error("{}: a first publish needs --base-url (the http(s) URL the release will be served from; transfer files point into it)", path.display())]
     NeedBaseUrl {
         /// The release directory.
         path: PathBuf,
@@ -177,6 +248,17 @@ pub enum PublishError {
         /// What was asked for.
         valid_for: Duration,
     },
+    /// A registry operation failed.
+    #[error(transparent)]
+    Registry(#[from] crate::oci::OciError),
+    /// Reading the release being mirrored failed, or it does not verify.
+    #[error("{location}: {reason}")]
+    Source {
+        /// Path or URL in the source release.
+        location: String,
+        /// Why.
+        reason: String,
+    },
     /// Testing hook.
     #[error("injected failure after step {0:?}")]
     Injected(Step),
@@ -191,8 +273,16 @@ pub trait Target {
     /// Waits for and takes the release's publish lock, held until the guard is dropped.
     fn lock(&self) -> Result<Box<dyn std::any::Any>, PublishError>;
 
-    /// The current index, verified with the publishing key; `None` for a new release.
-    fn current(&self, key: &PrivateKey) -> Result<Option<Index>, PublishError>;
+    /// The current index, verified with `key` (the publishing key, or the key a rotation
+    /// retires); `None` for a new release. An index naming another key is
+    /// [`PublishError::KeyMismatch`].
+    fn current(&self, key: &PublicKey) -> Result<Option<Index>, PublishError>;
+
+    /// A directory that survives an interrupted run, where a mirror keeps verified downloads
+    /// until they are committed (`None`: a temporary directory will do).
+    fn incoming_dir(&self) -> Option<PathBuf> {
+        None
+    }
 
     /// Starts staging generation `serial` (removing what crashed publishes left behind).
     fn stage(&self, serial: u64, previous: Option<&Index>) -> Result<Box<dyn Stage + '_>, PublishError>;
@@ -208,7 +298,14 @@ pub trait Stage {
     fn carry(&mut self, artifact: &Artifact) -> Result<(), PublishError>;
 
     /// Adds a new image with its detached signature.
-    fn add_image(&mut self, name: &ImageName, bytes: &[u8], signature: &[u8]) -> Result<(), PublishError>;
+    fn add_image(&mut self, artifact: &Artifact, bytes: &[u8], signature: &[u8]) -> Result<(), PublishError>;
+
+    /// Adds a new image from a verified file on this machine (which the stage may link or
+    /// move rather than copy).
+    fn add_image_file(&mut self, artifact: &Artifact, path: &Path, signature: &[u8]) -> Result<(), PublishError> {
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        self.add_image(artifact, &bytes, signature)
+    }
 
     /// Puts a second name for an image already staged (`<ext>/<image>`, where transfer files
     /// point).
@@ -225,6 +322,21 @@ pub trait Stage {
         keep: usize,
         fail: &dyn Fn(Step) -> Result<(), PublishError>,
     ) -> Result<PathBuf, PublishError>;
+}
+
+/// For [`Target::current`]: the error when the current index is not signed by `key`,
+/// [`PublishError::RetiredKey`] if its rotations retired `key`.
+pub fn check_signer(index: &Index, key: &PublicKey, release: &Path) -> Result<(), PublishError> {
+    let (current, given) = (index.key_id, key.key_id());
+    if current == given {
+        return Ok(());
+    }
+    let path = release.to_owned();
+    if index.key_rotations.iter().any(|r| r.old_key == *key) {
+        Err(PublishError::RetiredKey { path, current, given })
+    } else {
+        Err(PublishError::KeyMismatch { path, current, given })
+    }
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_ {
@@ -334,7 +446,49 @@ fn publish_locked(
         return Err(PublishError::Validity { path: target.name(), valid_for: opts.valid_for });
     }
     let _lock = target.lock()?;
-    let previous = target.current(opts.key)?;
+    let signer = opts.key.public();
+    let rotation_err = |reason: String| PublishError::Rotation { path: target.name(), reason };
+    if let Some(r) = opts.rotation {
+        if r.new_key != signer {
+            return Err(rotation_err(format!(
+                "the rotation record vouches for key {}, but the key given is {}",
+                r.new_key.key_id(),
+                signer.key_id()
+            )));
+        }
+        if !r.verifies() || r.old_key == r.new_key {
+            return Err(rotation_err(format!(
+                "the rotation record is not signed by {}, the key it retires",
+                r.old_key.key_id()
+            )));
+        }
+    }
+    let verify_with = opts.rotation.map_or(&signer, |r| &r.old_key);
+    let previous = match target.current(verify_with) {
+        Err(PublishError::KeyMismatch { current, given, .. } | PublishError::RetiredKey { current, given, .. })
+            if opts.rotation.is_some() && current == signer.key_id() =>
+        {
+            return Err(rotation_err(format!(
+                "the release is already signed by {current} (rotated from {given}); publish without --rotation"
+            )))
+        }
+        Err(PublishError::KeyMismatch { current, given, .. } | PublishError::RetiredKey { current, given, .. })
+            if opts.rotation.is_some() =>
+        {
+            return Err(rotation_err(format!(
+                "the rotation record retires key {given}, but the release is signed by {current}; only the key that signs a release can vouch for its successor"
+            )))
+        }
+        other => other?,
+    };
+    if opts.rotation.is_some() && previous.is_none() {
+        return Err(rotation_err("a first publish has no key to rotate from; publish without --rotation".into()));
+    }
+    let mut key_rotations = previous.as_ref().map(|p| p.key_rotations.clone()).unwrap_or_default();
+    key_rotations.extend(opts.rotation.cloned());
+    crate::rotation::check_chain(&key_rotations, signer.key_id()).map_err(rotation_err)?;
+    let openpgp = (opts.openpgp || previous.as_ref().is_some_and(|p| p.openpgp_fingerprint.is_some()))
+        .then(|| OpenPgpKey::derive(opts.key));
     let serial = previous.as_ref().map_or(1, |p| p.serial + 1);
     let base_url = match (&opts.base_url, &previous) {
         (Some(u), _) => u.clone(),
@@ -352,6 +506,8 @@ fn publish_locked(
         generated_at: opts.now,
         expires: opts.now.after(opts.valid_for),
         key_id: opts.key.key_id(),
+        key_rotations,
+        openpgp_fingerprint: openpgp.as_ref().map(OpenPgpKey::fingerprint),
         base_url,
         extensions: previous.as_ref().map(|p| p.extensions.clone()).unwrap_or_default(),
         transfer_files: BTreeMap::new(),
@@ -366,7 +522,6 @@ fn publish_locked(
         // Read once: the bytes hashed, signed and staged are the same bytes.
         let bytes = std::fs::read(&c.image.path).map_err(io_err(&c.image.path))?;
         let digests = Digests::of(&bytes);
-        stage.add_image(&c.name, &bytes, &opts.key.sign(&bytes))?;
         let artifact = Artifact {
             file: c.name.clone(),
             size: digests.size,
@@ -375,6 +530,7 @@ fn publish_locked(
             extension_release: c.image.extension_release.clone(),
             inputs: c.image.inputs.clone(),
         };
+        stage.add_image(&artifact, &bytes, &opts.key.sign(&bytes))?;
         index
             .extensions
             .entry(c.name.name.clone())
@@ -393,6 +549,14 @@ fn publish_locked(
             Entry::Sums(text) => {
                 stage.write(path, text.as_bytes())?;
                 stage.write(&layout::sig(path), &opts.key.sign(text.as_bytes()))?;
+                if let Some(pgp) = &openpgp {
+                    let created = u32::try_from(opts.now.unix()).unwrap_or(u32::MAX);
+                    stage.write(&layout::gpg(path), &pgp.sign_detached(text.as_bytes(), created))?;
+                }
+            }
+            Entry::Keyring => {
+                let pgp = openpgp.as_ref().expect("the layout lists keyrings only for OpenPGP releases");
+                stage.write(path, &pgp.cert().to_keyring())?;
             }
             _ => {}
         }

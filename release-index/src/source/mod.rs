@@ -1,5 +1,5 @@
-//! Where a release is read from, behind one trait: a directory on this machine or an HTTP(S)
-//! base URL today, an OCI registry tomorrow.
+//! Where a release is read from, behind one trait: a directory on this machine, an HTTP(S)
+//! base URL or an OCI registry.
 //!
 //! Every backend gives the same view (relative paths → bytes), so the [`crate::client`] and
 //! [`crate::verify`] treat a release on disk, behind a web server or in a registry
@@ -7,6 +7,7 @@
 
 mod dir;
 mod http;
+mod oci;
 
 use std::fmt;
 use std::io::Read;
@@ -16,9 +17,11 @@ use std::sync::Arc;
 
 pub use dir::{walk, DirBackend};
 pub use http::HttpBackend;
+pub use oci::OciBackend;
 use sysext_model::BaseUrl;
 
 use crate::http::{HttpClient, HttpOptions};
+use crate::oci::{OciOptions, OciRepo};
 
 /// A read that failed, naming the path or URL.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +70,12 @@ pub trait Backend: fmt::Debug + Send + Sync {
     fn local_path(&self, _relative: &str) -> Option<PathBuf> {
         None
     }
+
+    /// A URL that serves the file with this sha256 to any HTTP client, if the backend has one
+    /// apart from the release's own layout (a registry's blob URL).
+    fn blob_url(&self, _sha256: &signing::Sha256Digest) -> Option<String> {
+        None
+    }
 }
 
 /// Where a release is, as given on a command line: a directory or the URL it is served from.
@@ -76,6 +85,8 @@ pub enum ReleaseSource {
     Dir(PathBuf),
     /// An `http(s)://` base URL.
     Url(BaseUrl),
+    /// A repository in an OCI registry (`oci://` or `oci+http://`).
+    Oci(OciRepo),
 }
 
 impl FromStr for ReleaseSource {
@@ -89,34 +100,58 @@ impl FromStr for ReleaseSource {
             })?;
             return Ok(Self::Url(url));
         }
+        if crate::oci::is_oci(s) {
+            let repo: OciRepo = s
+                .parse()
+                .map_err(|e: crate::oci::OciRepoParseError| SourceError { location: s.into(), cause: e.to_string() })?;
+            return Ok(Self::Oci(repo));
+        }
         if let Some(path) = s.strip_prefix("file://") {
             return Ok(Self::Dir(PathBuf::from(path)));
         }
         if s.contains("://") {
             return Err(SourceError {
                 location: s.into(),
-                cause: "expected a directory, a file:// URL or an http(s):// URL".into(),
+                cause: "expected a directory, a file:// URL, an http(s):// URL or oci://REGISTRY/REPOSITORY".into(),
             });
         }
         Ok(Self::Dir(PathBuf::from(s)))
     }
 }
 
+crate::serde_via_str!(ReleaseSource);
+
 impl fmt::Display for ReleaseSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Dir(d) => write!(f, "{}", d.display()),
             Self::Url(u) => u.fmt(f),
+            Self::Oci(r) => r.fmt(f),
         }
     }
 }
 
 impl ReleaseSource {
-    /// The backend that reads this release, fetching over HTTP with `http`.
+    /// The backend that reads this release, fetching over HTTP with `http` (a registry is
+    /// reached with the same timeouts, retries and CA file, and credentials from the auth
+    /// files).
     pub fn backend_with(&self, http: &HttpClient) -> Arc<dyn Backend> {
+        self.backend_with_credentials(http, None)
+    }
+
+    /// Like [`Self::backend_with`], with explicit registry credentials for `oci://` sources.
+    pub fn backend_with_credentials(
+        &self,
+        http: &HttpClient,
+        credentials: Option<&crate::oci::auth::Credentials>,
+    ) -> Arc<dyn Backend> {
         match self {
             Self::Dir(d) => Arc::new(DirBackend::new(d.clone())),
             Self::Url(u) => Arc::new(HttpBackend::new(u.clone(), http.clone())),
+            Self::Oci(r) => Arc::new(OciBackend::new(
+                r.clone(),
+                OciOptions { http: http.options().clone(), credentials: credentials.cloned() },
+            )),
         }
     }
 

@@ -72,12 +72,27 @@ impl Scratch {
         PublishOptions {
             release_dir: Box::leak(self.release().into_boxed_path()),
             key: &self.key,
+            rotation: None,
+            openpgp: false,
             base_url: Some(BASE_URL.parse().unwrap()),
             valid_for: 30 * DAY,
             now,
             keep_generations: 3,
             fail_after: None,
         }
+    }
+
+    /// Publishes with another key (e.g. after a rotation), optionally applying a rotation.
+    pub fn publish_with(
+        &self,
+        key: &PrivateKey,
+        rotation: Option<&release_index::rotation::KeyRotation>,
+        images: &[NewImage],
+    ) -> Result<Published, PublishError> {
+        let mut opts = self.options(NOW);
+        opts.key = key;
+        opts.rotation = rotation;
+        publish(images, &opts)
     }
 
     pub fn publish(&self, images: &[NewImage]) -> Published {
