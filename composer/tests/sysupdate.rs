@@ -26,16 +26,22 @@ fn cache_dir() -> PathBuf {
 }
 
 /// The cached Debian 13 root, made on first use. A debootstrap that fails or is killed
-/// leaves only `root.partial`, which the next run removes.
+/// leaves only `root.partial`, which the next run removes. The tests of this binary run in
+/// parallel and another binary may run at the same time: one thread and one process at a
+/// time (a mutex and an `flock` on `lock`) makes it, the others wait and use it.
 fn debian_root() -> PathBuf {
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = cache_dir();
     let root = dir.join("root");
+    let debs = dir.join("debs");
+    std::fs::create_dir_all(&debs).unwrap();
+    let lock = std::fs::File::create(dir.join("lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
     if root.join("usr/lib/systemd/systemd-sysupdate").is_file() {
         return root;
     }
     let partial = dir.join("root.partial");
-    let debs = dir.join("debs");
-    std::fs::create_dir_all(&debs).unwrap();
     if partial.exists() {
         std::fs::remove_dir_all(&partial).unwrap();
     }
