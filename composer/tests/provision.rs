@@ -403,6 +403,45 @@ fn cloud_init_script_installs_the_plan_and_refuses_tampering() {
     assert_eq!(tree(&bare), before);
 }
 
+/// A release signed with `--openpgp`: the script installs the release's keyring where
+/// systemd-pull looks, byte for byte, beside transfer files that say `Verify=yes`; on a node
+/// without `base64` it refuses before touching anything.
+fn cloud_init_script_installs_the_keyring_of_a_signed_release() {
+    let Case { exts, work } = case();
+    let (dir, pubkey) = release(work.path(), exts);
+    bakery_publish(&dir, &work.path().join("keys/private.pem"), &[], &["--openpgp"]);
+    let r = Release { exts, work, dir, pubkey, composer: None };
+    let server = serve(&r.dir);
+    let base = server.url_for("/ext/");
+    let script = script_for(&r, &["kubernetes@1.31"], &base, "keyring.sh");
+    let w = r.work.path();
+
+    let bare = scratch_root(&w.join("root-no-base64"));
+    let before = tree(&bare);
+    let o = run_script(&script, &bare, &bin_dir(&w.join("bin-no-base64"), &["curl"]));
+    assert!(!o.status.success(), "ran without base64");
+    assert!(
+        stderr(&o).contains("base64 is not installed: cannot write /etc/systemd/import-pubring.gpg"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(tree(&bare), before);
+
+    let root = scratch_root(&w.join("root"));
+    let o = run_script(&script, &root, &bin_dir(&w.join("bin"), &["curl", "base64"]));
+    assert!(o.status.success(), "the script failed:\n{}", stderr(&o));
+    let installed = std::fs::read(root.join("etc/systemd/import-pubring.gpg")).unwrap();
+    assert_eq!(installed, std::fs::read(r.dir.join("import-pubring.gpg")).unwrap(), "not the release's keyring");
+    let transfer = std::fs::read_to_string(root.join("etc/sysupdate.kubernetes.d/kubernetes-v1.31.transfer")).unwrap();
+    assert!(transfer.starts_with("[Transfer]\nVerify=yes\n"), "{transfer}");
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("etc/systemd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".composer-new"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 /// An unreachable or overloaded server (dropped connections, 503) is retried with backoff
 /// until it answers, with curl and with wget; a 404 is final at once; a server that never
 /// recovers fails after the attempts allowed. No failure leaves anything behind.
@@ -826,6 +865,9 @@ fn main() -> std::process::ExitCode {
         sysext_tests::test!(cloud_init_script_installs_the_plan_and_refuses_tampering)
             .needs(host())
             .tools(&["sh", "curl", "wget"]),
+        sysext_tests::test!(cloud_init_script_installs_the_keyring_of_a_signed_release)
+            .needs(host())
+            .tools(&["sh", "curl", "base64"]),
         sysext_tests::test!(cloud_init_script_retries_only_what_may_recover)
             .needs(host())
             .tools(&["sh", "curl", "wget"]),

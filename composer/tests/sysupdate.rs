@@ -95,12 +95,33 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// A release in `<work>/release` of kubernetes images for the host's architecture.
 struct Release {
     key: PrivateKey,
     dir: PathBuf,
+    work: PathBuf,
+    arch: Arch,
 }
 
 impl Release {
+    /// v1.31.3 published and served by `composer serve` on loopback, with the server's URL as
+    /// its base URL: published once with a placeholder, so there is a directory to serve, then
+    /// again with the URL.
+    fn served(work: &Path) -> (Release, Server) {
+        let arch = Arch::host().expect("a supported host");
+        let release =
+            Release { key: PrivateKey::generate().unwrap(), dir: work.join("release"), work: work.to_owned(), arch };
+        release.publish(&[release.image("v1.31.3", 1)], "http://127.0.0.1:9/");
+        let server = Server::start(&release.dir, &[]);
+        release.publish(&[], &server.url);
+        (release, server)
+    }
+
+    fn image(&self, version: &str, seed: u64) -> NewImage {
+        let made = common::squashfs_extension(&self.work, "kubernetes", version, self.arch, seed, 4096);
+        bakery::release::new_image(&made).unwrap()
+    }
+
     fn publish(&self, images: &[NewImage], base_url: &str) {
         let opts = PublishOptions {
             release_dir: &self.dir,
@@ -126,16 +147,7 @@ fn stock_sysupdate_verifies_and_installs_each_new_version() {
 
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let image = |v: &str, seed| {
-        let made = common::squashfs_extension(w, "kubernetes", v, arch, seed, 4096);
-        bakery::release::new_image(&made).unwrap()
-    };
-    let release = Release { key: PrivateKey::generate().unwrap(), dir: w.join("release") };
-    // Served from where the server will listen: published once with a placeholder, so there
-    // is a directory to serve, then again with the server's URL.
-    release.publish(&[image("v1.31.3", 1)], "http://127.0.0.1:9/");
-    let server = Server::start(&release.dir, &[]);
-    release.publish(&[], &server.url);
+    let (release, server) = Release::served(w);
     let transfer = release.dir.join("kubernetes/kubernetes-v1.31.transfer");
     let transfer_text = std::fs::read_to_string(&transfer).unwrap();
     assert!(transfer_text.starts_with("[Transfer]\nVerify=yes\n"), "{transfer_text}");
@@ -173,7 +185,7 @@ cp '{keyring}' \"$M/etc/systemd/import-pubring.pgp\"
     assert!(server.log().iter().any(|l| l.contains(" /kubernetes/SHA256SUMS.gpg ")), "{:#?}", server.log());
 
     // 2. v1.31.4 is published: the same node (same overlay) installs it and moves the link.
-    release.publish(&[image("v1.31.4", 2)], &server.url);
+    release.publish(&[release.image("v1.31.4", 2)], &server.url);
     let o = in_chroot(&root, w, update);
     let out = text(&o);
     assert!(o.status.success(), "sysupdate failed:\n{out}");
@@ -182,7 +194,7 @@ cp '{keyring}' \"$M/etc/systemd/import-pubring.pgp\"
 
     // 3. A v1.31.5 whose checksum list was altered after signing (as a hostile mirror would):
     // sysupdate refuses it and the node stays on v1.31.4.
-    release.publish(&[image("v1.31.5", 3)], &server.url);
+    release.publish(&[release.image("v1.31.5", 3)], &server.url);
     let sums = std::fs::canonicalize(release.dir.join("kubernetes/SHA256SUMS")).unwrap();
     let listed = std::fs::read_to_string(&sums).unwrap();
     std::fs::remove_file(&sums).unwrap();
@@ -210,14 +222,7 @@ fn the_agents_sysupdate_files_verify_with_stock_sysupdate() {
     let root = debian_root();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let image = |v: &str, seed| {
-        let made = common::squashfs_extension(w, "kubernetes", v, arch, seed, 4096);
-        bakery::release::new_image(&made).unwrap()
-    };
-    let release = Release { key: PrivateKey::generate().unwrap(), dir: w.join("release") };
-    release.publish(&[image("v1.31.3", 1)], "http://127.0.0.1:9/");
-    let server = Server::start(&release.dir, &[]);
-    release.publish(&[], &server.url);
+    let (release, server) = Release::served(w);
     let pubkey = w.join("release.pub");
     std::fs::write(&pubkey, release.key.public().to_pem()).unwrap();
     let sync = format!(
@@ -235,7 +240,7 @@ cmp '{keyring}' \"$M/etc/systemd/import-pubring.gpg\" && echo KEYRING=same
     assert!(o.status.success(), "composer node sync failed:\n{out}");
     assert!(out.contains("[Transfer]\nVerify=yes\n") && out.contains("KEYRING=same"), "{out}");
 
-    release.publish(&[image("v1.31.4", 2)], &server.url);
+    release.publish(&[release.image("v1.31.4", 2)], &server.url);
     let update = "chroot \"$M\" /usr/lib/systemd/systemd-sysupdate -C kubernetes update\n\
                   echo LINK=$(chroot \"$M\" readlink -f /etc/extensions/kubernetes.raw)\n";
     let o = in_chroot(&root, w, update);

@@ -223,6 +223,10 @@ impl NodePlan {
             }
         }
         if let (Some(_), Some(keyring)) = (req.sysupdate, req.keyring) {
+            // `/etc/systemd` is on every node, but renderers create a file's directory only
+            // where the plan names it, and a scratch root (`--root`) may not have it yet.
+            let parent = std::path::Path::new(node::SYSUPDATE_KEYRING).parent().expect("an absolute path");
+            entries.push(Entry::Dir { path: parent.to_str().expect("UTF-8").to_owned() });
             entries.push(Entry::File {
                 path: node::SYSUPDATE_KEYRING.to_owned(),
                 mode: 0o644,
@@ -396,6 +400,35 @@ mod tests {
             plan.links().collect::<Vec<_>>()[0],
             ("/etc/extensions/kubernetes.raw", "/opt/extensions/kubernetes/kubernetes-v1.31.3-x86-64.raw")
         );
+    }
+
+    /// Renderers create a directory only where the plan names it: every entry's directory is
+    /// a `Dir` entry before it, or below one (directories are made with their parents).
+    #[test]
+    fn every_entry_comes_after_its_directory() {
+        let images = [planned("kubernetes-v1.31.3-x86-64.raw"), planned("containerd-v2.0.1-x86-64.raw")];
+        let base: BaseUrl = "https://example.org/r/".parse().unwrap();
+        let keyring = [0x99u8];
+        for os in [NodeOs::Ubuntu, NodeOs::Flatcar] {
+            for (sysupdate, keyring) in [(None, None), (Some(&base), None), (Some(&base), Some(&keyring[..]))] {
+                let plan = NodePlan::build(&PlanRequest { os, images: &images, sysupdate, keyring });
+                let mut made: Vec<&str> = Vec::new();
+                for entry in &plan.entries {
+                    if let Entry::Dir { path } = entry {
+                        made.push(path);
+                        continue;
+                    }
+                    let parent = std::path::Path::new(entry.path()).parent().unwrap().to_str().unwrap();
+                    assert!(
+                        made.iter().any(|d| *d == parent || d.starts_with(&format!("{parent}/"))),
+                        "{os:?}, sysupdate {}, keyring {}: {} comes before its directory",
+                        sysupdate.is_some(),
+                        keyring.is_some(),
+                        entry.path()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -260,34 +260,28 @@ image() {
 }
 
 # file PATH MODE CONTENTS
-file() {
-    case $PHASE in
-        check)
-            check_replaceable "$1"
-            PLANNED="$PLANNED $1 "
-            ;;
-        install)
-            PENDING=$ROOT$1.composer-new
-            rm -f "$PENDING"
-            printf '%s' "$3" >"$PENDING"
-            chmod "$2" "$PENDING"
-            mv -f "$PENDING" "$ROOT$1"
-            PENDING=
-            ;;
-    esac
-}
+file() { put_file "$1" "$2" text "$3"; }
 
-# file_base64 PATH MODE BASE64: a binary file (an OpenPGP keyring), as file does.
-file_base64() {
+# file_base64 PATH MODE BASE64: a binary file (an OpenPGP keyring).
+file_base64() { put_file "$1" "$2" base64 "$3"; }
+
+# put_file PATH MODE text|base64 CONTENTS
+put_file() {
     case $PHASE in
         check)
+            if [ "$3" = base64 ] && ! command -v base64 >/dev/null 2>&1; then
+                die "base64 is not installed: cannot write $1"
+            fi
             check_replaceable "$1"
             PLANNED="$PLANNED $1 "
             ;;
         install)
             PENDING=$ROOT$1.composer-new
             rm -f "$PENDING"
-            printf '%s' "$3" | base64 -d >"$PENDING"
+            case $3 in
+                text) printf '%s' "$4" ;;
+                base64) printf '%s' "$4" | base64 -d ;;
+            esac >"$PENDING"
             chmod "$2" "$PENDING"
             mv -f "$PENDING" "$ROOT$1"
             PENDING=
