@@ -399,14 +399,12 @@ fn health_check(
         };
         match result {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => return Err(format!("{e} (after {})", humantime_secs(timeout))),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("{e} (after {})", humantime::format_duration(timeout)))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     }
-}
-
-fn humantime_secs(d: Duration) -> String {
-    format!("{}s", d.as_secs_f32())
 }
 
 /// What [`activate`] runs besides the refresh, reload and restart.

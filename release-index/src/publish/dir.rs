@@ -19,10 +19,10 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use signing::{Digests, PublicKey};
+use signing::PublicKey;
 use sysext_model::ImageName;
 
-use super::{io_err, PublishError, Stage, Step, Target};
+use super::{check_carried, io_err, PublishError, Stage, Step, Target};
 use crate::index::{Artifact, Index};
 use crate::layout::{self, Entry};
 
@@ -240,19 +240,8 @@ impl Stage for DirStage<'_> {
         let cur = self.current.as_ref().expect("carried images come from a current generation");
         let file = art.file.to_string();
         let from = cur.join(&file);
-        let changed = |reason: String| PublishError::CurrentInvalid { path: from.clone(), reason };
-        // Generations share inodes: a published image changed on disk would break every kept
-        // generation at once, so it is caught here, before it is linked into one more.
-        let got = Digests::of_reader(File::open(&from).map_err(io_err(&from))?).map_err(io_err(&from))?;
-        if got.size != art.size {
-            return Err(changed(format!("{} bytes, index.json says {}", got.size, art.size)));
-        }
-        if got.sha256 != art.sha256 {
-            return Err(changed(format!(
-                "sha256 {} but index.json says {}; a published image was modified on disk",
-                got.sha256, art.sha256
-            )));
-        }
+        // Before it is linked into one more generation.
+        check_carried(&from, art)?;
         link_or_copy(&from, &self.tmp.join(&file))?;
         link_or_copy(&cur.join(layout::sig(&file)), &self.tmp.join(layout::sig(&file)))
     }

@@ -343,6 +343,24 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_
     move |cause| PublishError::Io { path: path.to_owned(), cause }
 }
 
+/// Checks that an image carried over from the current release at `path` is still what the
+/// index says (size and SHA-256): one changed on disk since it was published would otherwise
+/// be published again, and with shared inodes, break every kept generation at once.
+pub(crate) fn check_carried(path: &Path, art: &Artifact) -> Result<(), PublishError> {
+    let changed = |reason: String| PublishError::CurrentInvalid { path: path.to_owned(), reason };
+    let got = Digests::of_reader(File::open(path).map_err(io_err(path))?).map_err(io_err(path))?;
+    if got.size != art.size {
+        return Err(changed(format!("{} bytes, index.json says {}", got.size, art.size)));
+    }
+    if got.sha256 != art.sha256 {
+        return Err(changed(format!(
+            "sha256 {} but index.json says {}; a published image was modified on disk",
+            got.sha256, art.sha256
+        )));
+    }
+    Ok(())
+}
+
 /// A validated image with its coordinates.
 struct Candidate<'a> {
     image: &'a NewImage,

@@ -16,10 +16,10 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use signing::{Digests, PublicKey};
+use signing::PublicKey;
 use sysext_model::ImageName;
 
-use super::{io_err, PublishError, Stage, Step, Target};
+use super::{check_carried, io_err, PublishError, Stage, Step, Target};
 use crate::index::{Artifact, Index};
 use crate::layout::{self, Entry};
 
@@ -154,17 +154,7 @@ struct StaticStage<'a> {
 impl Stage for StaticStage<'_> {
     fn carry(&mut self, art: &Artifact) -> Result<(), PublishError> {
         let file = art.file.to_string();
-        let path = self.target.dir.join(&file);
-        let got = Digests::of_reader(File::open(&path).map_err(io_err(&path))?).map_err(io_err(&path))?;
-        if got.size != art.size || got.sha256 != art.sha256 {
-            return Err(PublishError::CurrentInvalid {
-                path,
-                reason: format!(
-                    "sha256 {} but index.json says {}; a published image was modified",
-                    got.sha256, art.sha256
-                ),
-            });
-        }
+        check_carried(&self.target.dir.join(&file), art)?;
         self.written.insert(file.clone());
         self.written.insert(layout::sig(&file));
         Ok(())
